@@ -1,0 +1,175 @@
+#define _GNU_SOURCE
+#include "engine.h"
+
+#include <errno.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#ifndef SO_RXQ_OVFL
+#define SO_RXQ_OVFL 40
+#endif
+
+int ur_engine_init(ur_engine *e, unsigned batch, uint32_t min_size,
+                   uint32_t max_size)
+{
+    memset(e, 0, sizeof *e);
+    e->batch = batch;
+    e->min_size = min_size;
+    e->max_size = max_size;
+    /* A datagram longer than the slot is cut and flagged MSG_TRUNC, so a
+     * slot of max_size is enough to tell every too-long datagram apart.
+     * Round up to a cache line so payloads start aligned. */
+    e->slot = ((size_t)max_size + 63) & ~(size_t)63;
+    e->msgs = calloc(batch, sizeof *e->msgs);
+    e->iov = calloc(batch, sizeof *e->iov);
+    e->names = calloc(batch, sizeof *e->names);
+    e->control = calloc(batch, UR_CONTROL_SIZE);
+    if (!e->msgs || !e->iov || !e->names || !e->control) {
+        ur_engine_free(e);
+        return -ENOMEM;
+    }
+    return 0;
+}
+
+void ur_engine_free(ur_engine *e)
+{
+    free(e->msgs);
+    free(e->iov);
+    free(e->names);
+    free(e->control);
+    e->msgs = NULL;
+    e->iov = NULL;
+    e->names = NULL;
+    e->control = NULL;
+}
+
+size_t ur_engine_arena_size(const ur_engine *e)
+{
+    return e->batch * e->slot;
+}
+
+/* Fill family, src, src_port from the sender's name; an IPv4-mapped IPv6
+ * source (dual-stack socket) is reported as plain IPv4. */
+static void take_source(ur_meta *m, const struct sockaddr_storage *name)
+{
+    if (name->ss_family == AF_INET) {
+        const struct sockaddr_in *sin = (const struct sockaddr_in *)name;
+        m->family = AF_INET;
+        m->src_port = ntohs(sin->sin_port);
+        memcpy(m->src, &sin->sin_addr, 4);
+    } else if (name->ss_family == AF_INET6) {
+        const struct sockaddr_in6 *sin6 = (const struct sockaddr_in6 *)name;
+        m->src_port = ntohs(sin6->sin6_port);
+        if (IN6_IS_ADDR_V4MAPPED(&sin6->sin6_addr)) {
+            m->family = AF_INET;
+            memcpy(m->src, &sin6->sin6_addr.s6_addr[12], 4);
+        } else {
+            m->family = AF_INET6;
+            memcpy(m->src, &sin6->sin6_addr, 16);
+        }
+    }
+}
+
+/* Read the control messages of one datagram into its record. */
+static void take_control(ur_engine *e, ur_meta *m, struct msghdr *h,
+                         ur_counters *c)
+{
+    struct cmsghdr *cm;
+    for (cm = CMSG_FIRSTHDR(h); cm; cm = CMSG_NXTHDR(h, cm)) {
+        if (cm->cmsg_level == IPPROTO_IP && cm->cmsg_type == IP_PKTINFO &&
+            cm->cmsg_len >= CMSG_LEN(sizeof(struct in_pktinfo))) {
+            struct in_pktinfo pi;
+            memcpy(&pi, CMSG_DATA(cm), sizeof pi);
+            memcpy(m->dst, &pi.ipi_addr, 4);
+            m->ifindex = (uint32_t)pi.ipi_ifindex;
+        } else if (cm->cmsg_level == IPPROTO_IPV6 &&
+                   cm->cmsg_type == IPV6_PKTINFO &&
+                   cm->cmsg_len >= CMSG_LEN(sizeof(struct in6_pktinfo))) {
+            struct in6_pktinfo pi;
+            memcpy(&pi, CMSG_DATA(cm), sizeof pi);
+            if (IN6_IS_ADDR_V4MAPPED(&pi.ipi6_addr))
+                memcpy(m->dst, &pi.ipi6_addr.s6_addr[12], 4);
+            else
+                memcpy(m->dst, &pi.ipi6_addr, 16);
+            m->ifindex = pi.ipi6_ifindex;
+        } else if (cm->cmsg_level == SOL_SOCKET &&
+                   cm->cmsg_type == SO_RXQ_OVFL &&
+                   cm->cmsg_len >= CMSG_LEN(sizeof(uint32_t))) {
+            uint32_t drops;
+            memcpy(&drops, CMSG_DATA(cm), sizeof drops);
+            /* Cumulative and wrapping: add the unsigned difference. */
+            c->kernel_drops += (uint32_t)(drops - e->last_ovfl);
+            e->last_ovfl = drops;
+        }
+    }
+}
+
+int ur_engine_recv(ur_engine *e, int fd, unsigned char *arena, ur_meta *meta,
+                   ur_counters *c)
+{
+    unsigned i;
+    int n, out = 0;
+
+    /* Reset every call: the kernel rewrites lengths and flags. */
+    for (i = 0; i < e->batch; i++) {
+        struct msghdr *h = &e->msgs[i].msg_hdr;
+        e->iov[i].iov_base = arena + i * e->slot;
+        e->iov[i].iov_len = e->max_size;
+        h->msg_name = &e->names[i];
+        h->msg_namelen = sizeof e->names[i];
+        h->msg_iov = &e->iov[i];
+        h->msg_iovlen = 1;
+        h->msg_control = e->control + (size_t)i * UR_CONTROL_SIZE;
+        h->msg_controllen = UR_CONTROL_SIZE;
+        h->msg_flags = 0;
+    }
+
+    /* MSG_TRUNC makes msg_len the datagram's real length. */
+    do {
+        n = recvmmsg(fd, e->msgs, e->batch, MSG_DONTWAIT | MSG_TRUNC, NULL);
+    } while (n < 0 && errno == EINTR);
+    if (n < 0)
+        return -errno;
+
+    c->batches++;
+    for (i = 0; i < (unsigned)n; i++) {
+        struct msghdr *h = &e->msgs[i].msg_hdr;
+        uint32_t len = e->msgs[i].msg_len;
+        ur_meta *m = &meta[out];
+
+        c->received++;
+        c->bytes += len;
+        if (h->msg_flags & MSG_CTRUNC)
+            c->ctrunc++;
+        memset(m, 0, sizeof *m);
+        take_control(e, m, h, c);
+        if ((h->msg_flags & MSG_TRUNC) || len > e->max_size) {
+            c->too_long++;
+            continue;
+        }
+        if (len < e->min_size) {
+            c->too_short++;
+            continue;
+        }
+        take_source(m, &e->names[i]);
+        m->offset = (uint32_t)(i * e->slot);
+        m->length = len;
+        out++;
+    }
+    return out;
+}
+
+int ur_wait(int fd, int wake_fd, int timeout_ms)
+{
+    struct pollfd p[2] = {
+        {.fd = fd, .events = POLLIN},
+        {.fd = wake_fd, .events = POLLIN},
+    };
+    int r = poll(p, wake_fd >= 0 ? 2 : 1, timeout_ms);
+    if (r < 0)
+        return -errno;
+    return (p[0].revents & (POLLIN | POLLERR)) ? 1 : 0;
+}

@@ -1,0 +1,71 @@
+/* The batch receive engine: one recvmmsg() call over arrays prepared once,
+ * control-message parsing and the length filter.  Plain C, no Python. */
+#ifndef UDP_READER_ENGINE_H
+#define UDP_READER_ENGINE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* One record per delivered packet, the numpy-visible row of a batch.
+ * Addresses are kept in network byte order; an IPv4 packet (also one that
+ * reached a dual-stack IPv6 socket) has family AF_INET and uses the first
+ * four bytes of src/dst. */
+typedef struct ur_meta {
+    uint64_t timestamp_ns;  /* reserved for receive timestamps, 0 for now */
+    uint32_t offset;        /* payload start in the arena */
+    uint32_t length;        /* payload length */
+    uint32_t ifindex;       /* interface the packet arrived on */
+    uint16_t segment;       /* reserved for the UDP GRO segment size, 0 for now */
+    uint16_t family;        /* AF_INET or AF_INET6 */
+    uint16_t src_port;      /* host byte order */
+    uint16_t reserved;
+    uint8_t src[16];
+    uint8_t dst[16];
+    uint32_t reserved2;
+} ur_meta;
+
+/* Cumulative counters; the caller owns them, the engine only adds. */
+typedef struct ur_counters {
+    uint64_t received;      /* datagrams taken from the kernel */
+    uint64_t bytes;         /* their payload bytes, as sent */
+    uint64_t too_short;
+    uint64_t too_long;      /* longer than max_size, or cut (MSG_TRUNC) */
+    uint64_t ctrunc;        /* control data cut (MSG_CTRUNC) */
+    uint64_t kernel_drops;  /* from SO_RXQ_OVFL */
+    uint64_t batches;       /* recvmmsg calls that returned data */
+} ur_counters;
+
+typedef struct ur_engine {
+    unsigned batch;         /* messages per recvmmsg call */
+    size_t slot;            /* arena bytes per message */
+    uint32_t min_size, max_size;
+    uint32_t last_ovfl;     /* last SO_RXQ_OVFL value seen (wraps) */
+    struct mmsghdr *msgs;
+    struct iovec *iov;
+    struct sockaddr_storage *names;
+    unsigned char *control;
+} ur_engine;
+
+/* Bytes of control data per message: room for every option we enable at
+ * once, so MSG_CTRUNC only ever means a kernel surprise. */
+#define UR_CONTROL_SIZE 256
+
+int ur_engine_init(ur_engine *e, unsigned batch, uint32_t min_size,
+                   uint32_t max_size);
+void ur_engine_free(ur_engine *e);
+
+/* Arena bytes one receive needs (batch * slot). */
+size_t ur_engine_arena_size(const ur_engine *e);
+
+/* One non-blocking recvmmsg into `arena`, writing a record per accepted
+ * packet into `meta` (room for e->batch records).  Returns the number of
+ * records, or -errno (-EAGAIN when the queue is empty).  A call that reads
+ * only filtered datagrams returns 0. */
+int ur_engine_recv(ur_engine *e, int fd, unsigned char *arena, ur_meta *meta,
+                   ur_counters *c);
+
+/* Block until `fd` is readable or `wake_fd` is signalled, at most
+ * timeout_ms.  Returns 1 when fd is readable, 0 otherwise, or -errno. */
+int ur_wait(int fd, int wake_fd, int timeout_ms);
+
+#endif

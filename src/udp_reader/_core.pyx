@@ -1,0 +1,517 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+"""The compiled bridge between the C engine and Python callbacks.
+
+Memory of one receive (its records and payload arena) lives in a _Slab.
+Packets, batches, memoryviews and numpy arrays handed to callbacks keep
+their slab alive; after the callbacks return, the reader reuses its slab
+only if nothing kept a reference, and otherwise receives into a new one.
+So whatever a callback keeps never changes, and nothing is copied unless
+the user asks for bytes.
+"""
+
+cimport cython
+from cpython.buffer cimport PyBuffer_FillInfo
+from cpython.bytes cimport PyBytes_FromStringAndSize
+from cpython.exc cimport PyErr_CheckSignals
+from cpython.ref cimport Py_REFCNT
+from libc.errno cimport EAGAIN, EINTR
+from libc.stdint cimport uint8_t, uint32_t, uint64_t
+from libc.stdlib cimport malloc, free
+from libc.string cimport memset
+
+from udp_reader.engine cimport *
+
+import collections
+import errno
+import os
+import socket
+
+from udp_reader import sockets
+
+cdef extern from "<arpa/inet.h>" nogil:
+    const char *inet_ntop(int af, const void *src, char *dst, int size)
+
+cdef extern from "<sys/socket.h>" nogil:
+    int AF_INET
+    int AF_INET6
+
+cdef extern from "<unistd.h>" nogil:
+    ssize_t read(int fd, void *buf, size_t count)
+    ssize_t write(int fd, const void *buf, size_t count)
+    int close(int fd)
+
+# Longest a blocking wait lasts before Python gets to run its signal
+# handlers: bounds the delay when a signal lands just before poll().
+cdef int WAIT_SLICE_MS = 250
+
+Stats = collections.namedtuple("Stats", [
+    "received", "delivered", "too_short", "too_long", "ctrunc",
+    "kernel_drops", "batches", "bytes"])
+Stats.__doc__ = """Counters of a Reader since it was opened.
+
+received = delivered + too_short + too_long + packets still pending
+(left undelivered by stop() or a callback that raised; the next run
+delivers them first)."""
+
+
+cdef str _host(int family, const uint8_t *addr):
+    cdef char text[64]
+    inet_ntop(family, addr, text, sizeof(text))
+    return text.decode("ascii")
+
+
+@cython.final
+cdef class _Slab:
+    """Records then payload arena of one receive, in one allocation, exported
+    read-only through the buffer protocol for numpy."""
+    cdef unsigned char *mem
+    cdef Py_ssize_t size
+    cdef ur_meta *meta
+    cdef unsigned char *arena
+    cdef Py_ssize_t meta_bytes
+
+    def __cinit__(self, Py_ssize_t records, Py_ssize_t arena_bytes):
+        self.meta_bytes = records * sizeof(ur_meta)
+        self.size = self.meta_bytes + max(arena_bytes, 1)
+        self.mem = <unsigned char *>malloc(self.size)
+        if self.mem == NULL:
+            raise MemoryError()
+        self.meta = <ur_meta *>self.mem
+        self.arena = self.mem + self.meta_bytes
+
+    def __dealloc__(self):
+        free(self.mem)
+
+    def __getbuffer__(self, Py_buffer *view, int flags):
+        PyBuffer_FillInfo(view, self, self.mem, self.size, 1, flags)
+
+
+@cython.final
+@cython.freelist(512)
+cdef class Packet:
+    """One received datagram: payload, source, destination and interface.
+
+    The payload is read without a copy through the buffer protocol
+    (memoryview(packet), numpy.frombuffer(packet)); `.data` copies it into
+    bytes. Addresses are built only when asked for.
+    """
+    cdef _Slab _slab
+    cdef ur_meta *_m
+
+    def __init__(self):
+        raise TypeError("packets come from a Reader")
+
+    @property
+    def data(self):
+        """The payload as bytes, exactly its length."""
+        return PyBytes_FromStringAndSize(
+            <char *>self._slab.arena + self._m.offset, self._m.length)
+
+    def __bytes__(self):
+        return self.data
+
+    def __len__(self):
+        return self._m.length
+
+    def __getbuffer__(self, Py_buffer *view, int flags):
+        PyBuffer_FillInfo(view, self, self._slab.arena + self._m.offset,
+                          self._m.length, 1, flags)
+
+    @property
+    def src(self):
+        """The sender as (host, port)."""
+        return (_host(self._m.family, self._m.src), self._m.src_port)
+
+    @property
+    def dst(self):
+        """The local address the datagram was sent to."""
+        return _host(self._m.family, self._m.dst)
+
+    @property
+    def ifindex(self):
+        """Index of the interface the datagram arrived on."""
+        return self._m.ifindex
+
+    @property
+    def family(self):
+        """socket.AF_INET or socket.AF_INET6 (IPv4 on a dual-stack socket is AF_INET)."""
+        return socket.AddressFamily(self._m.family)
+
+    def __repr__(self):
+        host, port = self.src
+        return (f"<Packet {sockets.format_address(host, port)} -> {self.dst} "
+                f"if={self._m.ifindex} len={self._m.length}>")
+
+
+cdef inline Packet _packet(_Slab slab, Py_ssize_t index):
+    cdef Packet p = Packet.__new__(Packet)
+    p._slab = slab
+    p._m = &slab.meta[index]
+    return p
+
+
+_meta_dtype = None
+
+
+def _dtype():
+    """numpy dtype of one engine record, laid out from the C struct itself."""
+    global _meta_dtype
+    if _meta_dtype is None:
+        import numpy
+        _meta_dtype = numpy.dtype(_meta_layout())
+    return _meta_dtype
+
+
+cdef dict _meta_layout():
+    cdef ur_meta m
+    cdef char *base = <char *>&m
+    fields = [
+        ("timestamp_ns", "<u8", <char *>&m.timestamp_ns - base),
+        ("offset", "<u4", <char *>&m.offset - base),
+        ("length", "<u4", <char *>&m.length - base),
+        ("ifindex", "<u4", <char *>&m.ifindex - base),
+        ("segment", "<u2", <char *>&m.segment - base),
+        ("family", "<u2", <char *>&m.family - base),
+        ("src_port", "<u2", <char *>&m.src_port - base),
+        ("src_addr", ("u1", 16), <char *>&m.src - base),
+        ("dst_addr", ("u1", 16), <char *>&m.dst - base),
+    ]
+    return {"names": [f[0] for f in fields], "formats": [f[1] for f in fields],
+            "offsets": [f[2] for f in fields], "itemsize": sizeof(ur_meta)}
+
+
+@cython.final
+cdef class Batch:
+    """The packets of one receive.
+
+    Index or iterate for Packets; or work on whole columns with numpy:
+    `records` (one structured row per packet), `lengths`, `offsets`,
+    `ifindex`, `src_port`, and `payload` (the arena the offsets point into).
+    The arrays are read-only views; nothing is copied.
+    """
+    cdef _Slab _slab
+    cdef Py_ssize_t _start
+    cdef Py_ssize_t _count
+
+    def __init__(self):
+        raise TypeError("batches come from a Reader")
+
+    def __len__(self):
+        return self._count
+
+    def __getitem__(self, Py_ssize_t index):
+        if index < 0:
+            index += self._count
+        if not 0 <= index < self._count:
+            raise IndexError("packet index out of range")
+        return _packet(self._slab, self._start + index)
+
+    def __iter__(self):
+        cdef Py_ssize_t i
+        for i in range(self._start, self._start + self._count):
+            yield _packet(self._slab, i)
+
+    @property
+    def records(self):
+        """All records as a numpy structured array (one row per packet)."""
+        import numpy
+        return numpy.frombuffer(self._slab, dtype=_dtype(), count=self._count,
+                                offset=self._start * sizeof(ur_meta))
+
+    @property
+    def lengths(self):
+        return self.records["length"]
+
+    @property
+    def offsets(self):
+        """Where each payload starts in `payload`."""
+        return self.records["offset"]
+
+    @property
+    def ifindex(self):
+        return self.records["ifindex"]
+
+    @property
+    def src_port(self):
+        return self.records["src_port"]
+
+    @property
+    def payload(self):
+        """The receive arena as uint8; packet i is payload[offsets[i]:offsets[i]+lengths[i]]."""
+        import numpy
+        return numpy.frombuffer(self._slab, dtype=numpy.uint8,
+                                offset=self._slab.meta_bytes)
+
+    def payloads(self, Py_ssize_t width):
+        """The first `width` bytes of every packet as an (n, width) uint8 array.
+
+        Raises ValueError if a packet is shorter than `width`.
+        """
+        import numpy
+        lengths = self.lengths
+        if width < 0:
+            raise ValueError("width must be >= 0")
+        if self._count and lengths.min() < width:
+            raise ValueError(f"a packet is shorter than width={width}")
+        return self.payload[self.offsets[:, None] + numpy.arange(width)]
+
+    def __repr__(self):
+        return f"<Batch of {self._count} packets>"
+
+
+cdef class Reader:
+    """Receive UDP datagrams in batches from a socket bound to `address`.
+
+    Address forms: "host:port", ":port" (every address, dual-stack),
+    "[v6]:port", a port number, or ("host", port); port 0 picks a free port
+    (see `address`). Datagrams shorter than `min_size` or longer than
+    `max_size` are counted and dropped in compiled code.
+    """
+    cdef ur_engine _engine
+    cdef ur_counters _c
+    cdef uint64_t _delivered
+    cdef object _sock
+    cdef int _fd
+    cdef int _wake_fd
+    cdef bint _engine_ready
+    cdef bint _running
+    cdef bint _stopping
+    cdef bint _close_after_run
+    cdef _Slab _slab
+    cdef Py_ssize_t _pending_next
+    cdef Py_ssize_t _pending_end
+
+    def __cinit__(self):
+        self._fd = -1
+        self._wake_fd = -1
+
+    def __init__(self, address=None, *, int min_size=0, int max_size=65507,
+                 int batch_size=64, bint reuseport=True, rcvbuf=None,
+                 fileno=None):
+        if not 0 <= min_size <= 65535:
+            raise ValueError(f"min_size must be within 0..65535, not {min_size}")
+        if not 0 <= max_size <= 65535:
+            raise ValueError(f"max_size must be within 0..65535, not {max_size}")
+        if min_size > max_size:
+            raise ValueError(f"min_size ({min_size}) must not exceed max_size ({max_size})")
+        if not 1 <= batch_size <= 1024:
+            raise ValueError(f"batch_size must be within 1..1024, not {batch_size}")
+        if (address is None) == (fileno is None):
+            raise TypeError("give exactly one of address or fileno")
+        if fileno is not None:
+            sock = socket.socket(fileno=fileno)
+            try:
+                sockets.check_udp(sock)
+                sockets.enable_metadata(sock)
+                if rcvbuf is not None:
+                    sockets.set_rcvbuf(sock, rcvbuf)
+            except BaseException:
+                sock.detach()  # a refused descriptor stays the caller's
+                raise
+        else:
+            sock = sockets.open_socket(address, reuseport=reuseport, rcvbuf=rcvbuf)
+        try:
+            if ur_engine_init(&self._engine, batch_size, min_size, max_size) < 0:
+                raise MemoryError()
+            self._engine_ready = True
+            # Drops counted before we took the socket are not ours.
+            self._engine.last_ovfl = sockets.kernel_drops(sock)
+            self._slab = self._new_slab()
+            self._wake_fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        except BaseException:
+            sock.close()
+            raise
+        self._sock = sock
+        self._fd = sock.fileno()
+
+    @classmethod
+    def from_socket(cls, sock, **options):
+        """A Reader on a duplicate of an existing bound UDP socket (inherited,
+        passed over a Unix socket, or from systemd); `sock` stays yours."""
+        sockets.check_udp(sock)
+        fd = os.dup(sock.fileno())
+        try:
+            return cls(fileno=fd, **options)
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def __dealloc__(self):
+        if self._engine_ready:
+            ur_engine_free(&self._engine)
+        if self._wake_fd >= 0:
+            close(self._wake_fd)
+
+    cdef _Slab _new_slab(self):
+        return _Slab(self._engine.batch, ur_engine_arena_size(&self._engine))
+
+    # -- properties ---------------------------------------------------------
+
+    @property
+    def address(self):
+        """The bound (host, port)."""
+        self._check_open()
+        return self._sock.getsockname()[:2]
+
+    @property
+    def socket(self):
+        """The underlying socket.socket (owned by the reader)."""
+        return self._sock
+
+    def fileno(self):
+        self._check_open()
+        return self._fd
+
+    @property
+    def rcvbuf(self):
+        """The receive buffer size the kernel reports (twice the size set)."""
+        self._check_open()
+        return self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+
+    @property
+    def min_size(self):
+        return self._engine.min_size
+
+    @property
+    def max_size(self):
+        return self._engine.max_size
+
+    @property
+    def batch_size(self):
+        return self._engine.batch
+
+    @property
+    def closed(self):
+        return self._fd < 0
+
+    @property
+    def stats(self):
+        """A Stats snapshot of the counters."""
+        return Stats(self._c.received, self._delivered, self._c.too_short,
+                     self._c.too_long, self._c.ctrunc, self._c.kernel_drops,
+                     self._c.batches, self._c.bytes)
+
+    # -- control ------------------------------------------------------------
+
+    def stop(self):
+        """Make run() return promptly; safe from another thread, a signal
+        handler or a callback. A stop before run() makes the next run return
+        at once. Packets not yet delivered stay for the next run."""
+        cdef uint64_t one = 1
+        self._stopping = True
+        if self._wake_fd >= 0:
+            write(self._wake_fd, &one, sizeof(one))
+
+    def close(self):
+        """Close the socket; idempotent. Called while run() is active, it
+        stops the run and closes when the run returns."""
+        if self._running:
+            self._close_after_run = True
+            self.stop()
+            return
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+        self._fd = -1
+        if self._wake_fd >= 0:
+            os.close(self._wake_fd)
+            self._wake_fd = -1
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+    def __repr__(self):
+        if self._fd < 0:
+            return "<Reader closed>"
+        host, port = self.address
+        return f"<Reader {sockets.format_address(host, port)}>"
+
+    cdef _check_open(self):
+        if self._fd < 0:
+            raise ValueError("the reader is closed")
+
+    # -- receiving ------------------------------------------------------------
+
+    def run(self, on_packet):
+        """Call on_packet(packet) for every packet until stop() is called.
+
+        An exception from on_packet propagates out of run(); the packets of
+        its batch that were not yet delivered are delivered first by the
+        next run.
+        """
+        self._begin()
+        try:
+            while self._next_batch():
+                self._deliver_packets(on_packet)
+        finally:
+            self._end()
+
+    def run_batches(self, on_batch):
+        """Call on_batch(batch) once per receive until stop() is called."""
+        cdef Batch batch
+        self._begin()
+        try:
+            while self._next_batch():
+                batch = Batch.__new__(Batch)
+                batch._slab = self._slab
+                batch._start = self._pending_next
+                batch._count = self._pending_end - self._pending_next
+                self._pending_next = self._pending_end
+                self._delivered += batch._count
+                on_batch(batch)
+                batch = None
+        finally:
+            self._end()
+
+    cdef _deliver_packets(self, on_packet):
+        cdef _Slab slab = self._slab
+        cdef Py_ssize_t i
+        while self._pending_next < self._pending_end and not self._stopping:
+            i = self._pending_next
+            self._pending_next = i + 1
+            self._delivered += 1
+            on_packet(_packet(slab, i))
+
+    cdef _begin(self):
+        self._check_open()
+        if self._running:
+            raise RuntimeError("the reader is already running")
+        self._running = True
+
+    cdef _end(self):
+        cdef uint64_t value
+        self._running = False
+        self._stopping = False
+        if self._wake_fd >= 0:
+            read(self._wake_fd, &value, sizeof(value))
+        if self._close_after_run:
+            self.close()
+
+    cdef bint _next_batch(self) except -1:
+        """Make pending packets available: what a previous run left, or a
+        new receive. Waits as needed; returns False once stop() is asked."""
+        cdef int n, r
+        cdef int fd = self._fd, wake_fd = self._wake_fd
+        while not self._stopping:
+            PyErr_CheckSignals()
+            if self._pending_next < self._pending_end:
+                return True
+            if Py_REFCNT(self._slab) > 1:
+                self._slab = self._new_slab()  # a callback kept something
+            with nogil:
+                n = ur_engine_recv(&self._engine, fd, self._slab.arena,
+                                   self._slab.meta, &self._c)
+            if n >= 0:
+                self._pending_next = 0
+                self._pending_end = n
+                continue
+            if n != -EAGAIN:
+                raise OSError(-n, f"recvmmsg: {os.strerror(-n)}")
+            with nogil:
+                r = ur_wait(fd, wake_fd, WAIT_SLICE_MS)
+            if r < 0 and r != -EINTR:
+                raise OSError(-r, f"poll: {os.strerror(-r)}")
+        return False

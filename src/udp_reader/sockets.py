@@ -1,0 +1,149 @@
+"""Address parsing and UDP socket creation with the options the engine needs."""
+
+from __future__ import annotations
+
+import errno
+import socket
+import struct
+from typing import Tuple, Union
+
+Address = Union[str, int, Tuple[str, int]]
+
+# Linux ABI values, for the ones the socket module does not name.
+IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
+IPV6_RECVPKTINFO = getattr(socket, "IPV6_RECVPKTINFO", 49)
+SO_RXQ_OVFL = getattr(socket, "SO_RXQ_OVFL", 40)
+SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
+SO_MEMINFO = getattr(socket, "SO_MEMINFO", 55)
+_SK_MEMINFO_DROPS = 8
+
+
+def parse_address(address: Address) -> Tuple[str, int]:
+    """Split an address into (host, port); host "" means every address.
+
+    Accepts "host:port", ":port", "[v6]:port", a bare port, or (host, port).
+    """
+    if isinstance(address, tuple):
+        if len(address) != 2:
+            raise ValueError(f"address must be (host, port), not {address!r}")
+        host, port = address
+        if not isinstance(host, str):
+            raise TypeError(f"address host must be str, not {type(host).__name__}")
+        return host.strip("[]"), _port(port, address)
+    if isinstance(address, int) and not isinstance(address, bool):
+        return "", _port(address, address)
+    if not isinstance(address, str):
+        raise TypeError(
+            f"address must be str, int or (host, port), not {type(address).__name__}")
+    host, sep, port = address.rpartition(":")
+    if not sep:
+        raise ValueError(f"address {address!r} has no port (use host:port or :port)")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise ValueError(f"address {address!r}: put an IPv6 host in brackets, [::1]:port")
+    return host, _port(port, address)
+
+
+def _port(port: object, address: object) -> int:
+    try:
+        value = int(port)  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        raise ValueError(f"address {address!r}: port {port!r} is not a number") from None
+    if not 0 <= value <= 65535:
+        raise ValueError(f"address {address!r}: port {value} is outside 0..65535")
+    return value
+
+
+def format_address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _resolve(host: str, port: int) -> Tuple[int, tuple]:
+    """The family and sockaddr to bind; no host means dual-stack [::]."""
+    if not host:
+        if socket.has_ipv6:
+            return socket.AF_INET6, ("::", port)
+        return socket.AF_INET, ("0.0.0.0", port)
+    try:
+        infos = socket.getaddrinfo(host, port, socket.AF_UNSPEC, socket.SOCK_DGRAM,
+                                   0, socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        raise socket.gaierror(e.errno, f"cannot resolve {host!r}: {e.strerror}") from None
+    family, _, _, _, sockaddr = infos[0]
+    return family, sockaddr
+
+
+def open_socket(address: Address, *, reuseport: bool = True,
+                rcvbuf: int | None = None) -> socket.socket:
+    """A bound UDP socket for `address`, ready for the engine."""
+    host, port = parse_address(address)
+    family, sockaddr = _resolve(host, port)
+    try:
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+    except OSError as e:
+        if family == socket.AF_INET6 and not host and e.errno == errno.EAFNOSUPPORT:
+            family, sockaddr = socket.AF_INET, ("0.0.0.0", port)
+            sock = socket.socket(family, socket.SOCK_DGRAM)
+        else:
+            raise
+    try:
+        if family == socket.AF_INET6 and sockaddr[0] == "::":
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        if reuseport:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if rcvbuf is not None:
+            set_rcvbuf(sock, rcvbuf)
+        try:
+            sock.bind(sockaddr)
+        except OSError as e:
+            where = format_address(sockaddr[0], sockaddr[1])
+            raise OSError(e.errno, f"cannot bind {where}: {e.strerror}") from None
+        enable_metadata(sock)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def check_udp(sock: socket.socket) -> None:
+    """Refuse anything that is not an IPv4/IPv6 datagram socket."""
+    if sock.family not in (socket.AF_INET, socket.AF_INET6):
+        raise ValueError(f"socket family must be AF_INET or AF_INET6, not {sock.family!r}")
+    if sock.type != socket.SOCK_DGRAM:
+        raise ValueError(f"socket type must be SOCK_DGRAM, not {sock.type!r}")
+
+
+def enable_metadata(sock: socket.socket) -> None:
+    """Ask for the destination address, interface and drop count of every packet."""
+    if sock.family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVPKTINFO, 1)
+    else:
+        sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+    sock.setsockopt(socket.SOL_SOCKET, SO_RXQ_OVFL, 1)
+
+
+def set_rcvbuf(sock: socket.socket, size: int) -> int:
+    """Set the receive buffer, past net.core.rmem_max where permitted.
+
+    Returns the size the kernel reports, which is twice what was asked for:
+    the kernel doubles it to cover its own bookkeeping.
+    """
+    if not isinstance(size, int) or isinstance(size, bool) or size <= 0:
+        raise ValueError(f"rcvbuf must be a positive int, not {size!r}")
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, size)
+    except PermissionError:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+    return sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+
+
+def kernel_drops(sock: socket.socket) -> int:
+    """The socket's cumulative drop counter (the value SO_RXQ_OVFL reports)."""
+    try:
+        raw = sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, 4 * (_SK_MEMINFO_DROPS + 1))
+    except OSError:
+        return 0
+    if len(raw) < 4 * (_SK_MEMINFO_DROPS + 1):
+        return 0
+    return struct.unpack_from("I", raw, 4 * _SK_MEMINFO_DROPS)[0]
