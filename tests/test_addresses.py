@@ -1,0 +1,71 @@
+import socket
+
+import pytest
+
+from udp_reader import Reader
+from udp_reader.sockets import format_address, parse_address
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("127.0.0.1:9000", ("127.0.0.1", 9000)),
+    (":9000", ("", 9000)),
+    ("[::1]:53", ("::1", 53)),
+    ("[::]:0", ("::", 0)),
+    ("localhost:1", ("localhost", 1)),
+    (("127.0.0.2", 7), ("127.0.0.2", 7)),
+    (9000, ("", 9000)),
+])
+def test_parse_address(text, expected):
+    assert parse_address(text) == expected
+
+
+@pytest.mark.parametrize("text, words", [
+    ("127.0.0.1", "no port"),
+    ("127.0.0.1:x", "not a number"),
+    ("127.0.0.1:65536", "outside 0..65535"),
+    ("::1:53", "brackets"),
+    (("127.0.0.1",), "(host, port)"),
+])
+def test_malformed_address_raises_value_error(text, words):
+    with pytest.raises(ValueError, match=words.replace("(", r"\(").replace(")", r"\)")):
+        parse_address(text)
+
+
+def test_address_of_wrong_type_raises_type_error():
+    with pytest.raises(TypeError):
+        parse_address(1.5)
+
+
+def test_format_address_brackets_ipv6():
+    assert format_address("::1", 5) == "[::1]:5"
+    assert format_address("127.0.0.1", 5) == "127.0.0.1:5"
+
+
+def test_port_zero_reports_bound_port():
+    with Reader("127.0.0.1:0") as r:
+        host, port = r.address
+        assert host == "127.0.0.1" and port > 0
+
+
+def test_wildcard_is_dual_stack():
+    with Reader(":0") as r:
+        assert r.socket.family == socket.AF_INET6
+        assert r.socket.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) == 0
+
+
+def test_unresolvable_host_names_it():
+    with pytest.raises(OSError, match="no-such-host.invalid"):
+        Reader("no-such-host.invalid:9000")
+
+
+def test_failed_bind_names_address():
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        port = taken.getsockname()[1]
+        with pytest.raises(OSError, match=f"cannot bind 127.0.0.1:{port}"):
+            Reader(("127.0.0.1", port), reuseport=False)
+
+
+def test_bind_to_foreign_address_fails_clearly():
+    with pytest.raises(OSError, match="cannot bind 192.0.2.1:0"):
+        Reader("192.0.2.1:0")
