@@ -22,11 +22,12 @@ from libc.string cimport memset
 from udp_reader.engine cimport *
 
 import collections
-import errno
+import logging
 import os
 import socket
+import time
 
-from udp_reader import sockets
+from udp_reader import handoff, sockets
 
 cdef extern from "<arpa/inet.h>" nogil:
     const char *inet_ntop(int af, const void *src, char *dst, int size)
@@ -43,6 +44,12 @@ cdef extern from "<unistd.h>" nogil:
 # Longest a blocking wait lasts before Python gets to run its signal
 # handlers: bounds the delay when a signal lands just before poll().
 cdef int WAIT_SLICE_MS = 250
+# Idle limits for _loop: wait for traffic forever, or only deliver what
+# was already received.
+cdef int FOREVER = -1
+cdef int PENDING_ONLY = -2
+
+log = logging.getLogger("udp_reader")
 
 Stats = collections.namedtuple("Stats", [
     "received", "delivered", "too_short", "too_long", "ctrunc",
@@ -280,10 +287,15 @@ cdef class Reader:
     cdef _Slab _slab
     cdef Py_ssize_t _pending_next
     cdef Py_ssize_t _pending_end
+    cdef object _handler
+    cdef bint _handler_takes_batches
+    cdef object _shed_peer
+    cdef double _deadline
 
     def __cinit__(self):
         self._fd = -1
         self._wake_fd = -1
+        self._deadline = -1.0
 
     def __init__(self, address=None, *, int min_size=0, int max_size=65507,
                  int batch_size=64, bint reuseport=True, rcvbuf=None,
@@ -412,6 +424,9 @@ cdef class Reader:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
+        if self._shed_peer is not None:
+            self._shed_peer.close()
+            self._shed_peer = None
         self._fd = -1
         if self._wake_fd >= 0:
             os.close(self._wake_fd)
@@ -442,27 +457,78 @@ cdef class Reader:
         its batch that were not yet delivered are delivered first by the
         next run.
         """
-        self._begin()
-        try:
-            while self._next_batch():
-                self._deliver_packets(on_packet)
-        finally:
-            self._end()
+        self._handler, self._handler_takes_batches = on_packet, False
+        self._loop(FOREVER)
 
     def run_batches(self, on_batch):
         """Call on_batch(batch) once per receive until stop() is called."""
-        cdef Batch batch
-        self._begin()
+        self._handler, self._handler_takes_batches = on_batch, True
+        self._loop(FOREVER)
+
+    def shed(self):
+        """Stop the kernel from steering new datagrams to this socket; those
+        already queued stay readable. Other sockets on the port (SO_REUSEPORT)
+        take the new ones; with none left, the kernel refuses them."""
+        self._check_open()
+        if self._shed_peer is None:
+            self._shed_peer = handoff.shed(self._sock)
+
+    def drain(self, on_packet=None, *, on_batch=None, bint shed=True,
+              double grace=0.05, timeout=None):
+        """Hand over the port without losing a datagram, then close.
+
+        With shed=True, shed() the socket, deliver everything queued until
+        none has arrived for `grace` seconds (a datagram already steered can
+        still land just after the shed), and close. With shed=False, for a
+        socket that others keep reading (a shared or handed-off socket),
+        deliver only what this reader already took from the kernel, and
+        close. The handler defaults to the last run's. `timeout` bounds the
+        whole drain. Returns the number of packets delivered.
+        """
+        if on_packet is not None and on_batch is not None:
+            raise TypeError("give on_packet or on_batch, not both")
+        if on_packet is not None:
+            self._handler, self._handler_takes_batches = on_packet, False
+        elif on_batch is not None:
+            self._handler, self._handler_takes_batches = on_batch, True
+        elif self._handler is None:
+            raise TypeError("drain() needs a handler: on_packet, on_batch or a previous run's")
+        if grace < 0:
+            raise ValueError(f"grace must be >= 0, not {grace}")
+        self._check_open()
+        before = self._delivered
+        if shed:
+            self.shed()
+        self._deadline = -1.0 if timeout is None else time.monotonic() + timeout
         try:
-            while self._next_batch():
-                batch = Batch.__new__(Batch)
-                batch._slab = self._slab
-                batch._start = self._pending_next
-                batch._count = self._pending_end - self._pending_next
-                self._pending_next = self._pending_end
-                self._delivered += batch._count
-                on_batch(batch)
-                batch = None
+            self._loop(<int>(grace * 1000) if shed else PENDING_ONLY)
+            if self._deadline >= 0 and time.monotonic() >= self._deadline:
+                log.warning("drain timed out after %.1f s; datagrams still queued are lost",
+                            timeout)
+        finally:
+            self._deadline = -1.0
+            self.close()
+        return self._delivered - before
+
+    cdef _loop(self, int idle_ms):
+        cdef Batch batch
+        self._check_open()
+        if self._running:
+            raise RuntimeError("the reader is already running")
+        self._running = True
+        try:
+            while self._next_batch(idle_ms):
+                if self._handler_takes_batches:
+                    batch = Batch.__new__(Batch)
+                    batch._slab = self._slab
+                    batch._start = self._pending_next
+                    batch._count = self._pending_end - self._pending_next
+                    self._pending_next = self._pending_end
+                    self._delivered += batch._count
+                    self._handler(batch)
+                    batch = None
+                else:
+                    self._deliver_packets(self._handler)
         finally:
             self._end()
 
@@ -475,12 +541,6 @@ cdef class Reader:
             self._delivered += 1
             on_packet(_packet(slab, i))
 
-    cdef _begin(self):
-        self._check_open()
-        if self._running:
-            raise RuntimeError("the reader is already running")
-        self._running = True
-
     cdef _end(self):
         cdef uint64_t value
         self._running = False
@@ -490,15 +550,20 @@ cdef class Reader:
         if self._close_after_run:
             self.close()
 
-    cdef bint _next_batch(self) except -1:
-        """Make pending packets available: what a previous run left, or a
-        new receive. Waits as needed; returns False once stop() is asked."""
-        cdef int n, r
+    cdef bint _next_batch(self, int idle_ms) except -1:
+        """Make pending packets available: what an earlier run left, or a new
+        receive. Returns False once stop() is asked, and in a drain once the
+        queue has been idle for idle_ms (PENDING_ONLY: never receives)."""
+        cdef int n, r, wait_ms
         cdef int fd = self._fd, wake_fd = self._wake_fd
         while not self._stopping:
             PyErr_CheckSignals()
             if self._pending_next < self._pending_end:
                 return True
+            if idle_ms == PENDING_ONLY:
+                return False
+            if self._deadline >= 0 and time.monotonic() >= self._deadline:
+                return False
             if Py_REFCNT(self._slab) > 1:
                 self._slab = self._new_slab()  # a callback kept something
             with nogil:
@@ -510,8 +575,11 @@ cdef class Reader:
                 continue
             if n != -EAGAIN:
                 raise OSError(-n, f"recvmmsg: {os.strerror(-n)}")
+            wait_ms = WAIT_SLICE_MS if idle_ms == FOREVER else idle_ms
             with nogil:
-                r = ur_wait(fd, wake_fd, WAIT_SLICE_MS)
+                r = ur_wait(fd, wake_fd, wait_ms)
+            if r == 0 and idle_ms != FOREVER and not self._stopping:
+                return False  # idle: the drain is complete
             if r < 0 and r != -EINTR:
                 raise OSError(-r, f"poll: {os.strerror(-r)}")
         return False

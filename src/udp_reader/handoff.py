@@ -1,0 +1,203 @@
+"""Handing a UDP port from one process to another without losing a datagram.
+
+Two ways, from the kernel's own mechanisms:
+
+- Shed and drain (separate sockets in one SO_REUSEPORT group): connect()
+  the old socket to a loopback peer that never sends. The kernel stops
+  steering new datagrams to it, the other members take them, and what is
+  already queued stays readable. Closing instead would free the queue.
+- Share the very socket: pass its descriptor on, by inheritance across exec
+  or over a private Unix socket (SCM_RIGHTS). One queue, nothing to drain:
+  the old process just stops reading.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import stat
+import struct
+from typing import List, Sequence, Tuple
+
+log = logging.getLogger("udp_reader")
+
+# How many descriptors and how much name text one handoff may carry.
+MAX_FDS = 64
+MAX_MESSAGE = 64 * 1024
+
+
+def shed(sock: socket.socket) -> socket.socket:
+    """Connect `sock` to a throwaway loopback peer of our own, so the kernel
+    stops queueing new datagrams on it. Returns the peer: keep it open until
+    `sock` is closed, so no stranger can take its port and send to us."""
+    if sock.family == socket.AF_INET6:
+        try:
+            peer = _bound(socket.AF_INET6, "::1")
+            target = peer.getsockname()[:2]
+        except OSError:  # IPv6 loopback missing: a mapped IPv4 peer works too
+            peer = _bound(socket.AF_INET, "127.0.0.1")
+            target = ("::ffff:127.0.0.1", peer.getsockname()[1])
+    else:
+        peer = _bound(socket.AF_INET, "127.0.0.1")
+        target = peer.getsockname()
+    try:
+        sock.connect(target)
+    except BaseException:
+        peer.close()
+        raise
+    return peer
+
+
+def _bound(family: int, host: str) -> socket.socket:
+    s = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        s.bind((host, 0))
+    except BaseException:
+        s.close()
+        raise
+    return s
+
+
+def is_shed(sock: socket.socket) -> bool:
+    """True once `sock` has been connected (shed) by any holder of it."""
+    try:
+        sock.getpeername()
+    except OSError:
+        return False
+    return True
+
+
+# -- descriptor passing over a private Unix socket ------------------------------
+
+def private_path(directory: str, name: str = "handoff.sock") -> str:
+    """A socket path inside `directory`, created mode 0700 if missing; an
+    existing directory must be ours and closed to others."""
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    info = os.stat(directory)
+    if info.st_uid != os.getuid() or stat.S_IMODE(info.st_mode) & 0o077:
+        raise PermissionError(
+            f"{directory}: handoff directory must be owned by uid {os.getuid()} "
+            f"and closed to others (mode 0700)")
+    return os.path.join(directory, name)
+
+
+class HandoffServer:
+    """Offers sockets to processes of the same user over a Unix socket.
+
+    Each connecting peer's credentials (SO_PEERCRED) are checked; a peer of
+    another user is refused without a descriptor. The socket file is mode
+    0600 inside a private directory.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        try:
+            if os.path.exists(path):
+                os.unlink(path)
+            old_umask = os.umask(0o177)
+            try:
+                self._listener.bind(path)
+            finally:
+                os.umask(old_umask)
+            os.chmod(path, 0o600)
+            self._listener.listen(8)
+        except BaseException:
+            self._listener.close()
+            raise
+
+    def fileno(self) -> int:
+        return self._listener.fileno()
+
+    def serve_one(self, socks: Sequence[Tuple[str, socket.socket]],
+                  timeout: float = 5.0) -> bool:
+        """Accept one peer and send it `socks` (name, socket). Returns True if
+        they were sent, False if the peer was refused."""
+        conn, _ = self._listener.accept()
+        with conn:
+            conn.settimeout(timeout)
+            pid, uid, _ = peer_credentials(conn)
+            if uid != os.getuid():
+                log.warning("handoff refused to pid %d of uid %d", pid, uid)
+                conn.sendall(json.dumps({"error": "refused: another user"}).encode())
+                return False
+            message = json.dumps({"names": [name for name, _ in socks]}).encode()
+            socket.send_fds(conn, [message], [s.fileno() for _, s in socks])
+            log.info("handed %d socket(s) to pid %d", len(socks), pid)
+            return True
+
+    def close(self) -> None:
+        self._listener.close()
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+
+    def __enter__(self) -> "HandoffServer":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def peer_credentials(conn: socket.socket) -> Tuple[int, int, int]:
+    """(pid, uid, gid) of the process at the other end of a Unix socket."""
+    raw = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    pid, uid, gid = struct.unpack("3i", raw)
+    return pid, uid, gid
+
+
+def fetch_sockets(path: str, timeout: float = 5.0) -> List[Tuple[str, socket.socket]]:
+    """Ask the HandoffServer at `path` for its sockets: [(name, socket)]."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as conn:
+        conn.settimeout(timeout)
+        conn.connect(path)
+        message, fds, flags, _ = socket.recv_fds(conn, MAX_MESSAGE, MAX_FDS)
+        socks = [socket.socket(fileno=fd) for fd in fds]
+        try:
+            if flags & socket.MSG_CTRUNC:
+                raise OSError(f"{path}: more descriptors than {MAX_FDS} were offered")
+            reply = json.loads(message or b"{}")
+            if "error" in reply:
+                raise PermissionError(f"{path}: {reply['error']}")
+            names = reply.get("names", [])
+            if len(names) != len(socks):
+                raise OSError(f"{path}: {len(socks)} descriptors for {len(names)} names")
+        except BaseException:
+            for s in socks:
+                s.close()
+            raise
+    return list(zip(names, socks))
+
+
+# -- inheritance across exec ---------------------------------------------------
+
+INHERIT_ENV = "UDP_READER_FDS"
+
+
+def export_for_exec(socks: Sequence[Tuple[str, socket.socket]], env: dict) -> List[int]:
+    """Mark sockets inheritable and describe them in `env` for a child that
+    will exec; returns the descriptors to keep open across the exec."""
+    fds = []
+    for _, s in socks:
+        s.set_inheritable(True)
+        fds.append(s.fileno())
+    env[INHERIT_ENV] = json.dumps([[name, s.fileno()] for name, s in socks])
+    return fds
+
+
+def import_inherited(env: dict = os.environ) -> List[Tuple[str, socket.socket]]:
+    """Sockets an exec'ing parent left us through export_for_exec()."""
+    text = env.pop(INHERIT_ENV, None)
+    if not text:
+        return []
+    out = []
+    for name, fd in json.loads(text):
+        s = socket.socket(fileno=fd)
+        s.set_inheritable(False)
+        out.append((name, s))
+    return out
+
+
