@@ -470,7 +470,8 @@ cdef class Reader:
         already queued stay readable. Other sockets on the port (SO_REUSEPORT)
         take the new ones; with none left, the kernel refuses them."""
         self._check_open()
-        if self._shed_peer is None:
+        # Another holder of a shared socket may have shed it already.
+        if self._shed_peer is None and not handoff.is_shed(self._sock):
             self._shed_peer = handoff.shed(self._sock)
 
     def drain(self, on_packet=None, *, on_batch=None, bint shed=True,

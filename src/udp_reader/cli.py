@@ -124,6 +124,27 @@ def cmd_listen(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from udp_reader.supervisor import Arbiter, Config, StartError
+
+    if args.workers < 1:
+        raise UsageError(f"--workers must be at least 1, not {args.workers}")
+    if args.min_size > args.max_size:
+        raise UsageError(f"--min-size ({args.min_size}) must not exceed --max-size ({args.max_size})")
+    if not 1 <= args.batch_size <= 1024:
+        raise UsageError(f"--batch-size must be within 1..1024, not {args.batch_size}")
+    config = Config(
+        handler=args.handler, bind=args.bind, argv=args.argv, workers=args.workers,
+        shared=args.shared, batches=args.batches, min_size=args.min_size,
+        max_size=args.max_size, batch_size=args.batch_size, rcvbuf=args.rcvbuf,
+        grace=args.grace, graceful_timeout=args.graceful_timeout,
+        start_timeout=args.start_timeout, pid_file=args.pid_file)
+    try:
+        return Arbiter(config).run()
+    except StartError as e:
+        raise UsageError(str(e)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="udp-reader",
@@ -142,12 +163,46 @@ def build_parser() -> argparse.ArgumentParser:
                         help="host:port, :port (all addresses) or [v6]:port")
     _add_reader_options(listen)
     listen.set_defaults(func=cmd_listen)
+
+    serve = sub.add_parser(
+        "serve", help="run a handler in supervised worker processes",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Run MODULE:CALLABLE on every packet (or batch) in worker processes "
+                    "that share one port, with restarts that lose nothing.",
+        epilog="signals to the master:\n"
+               "  HUP         rolling restart; new workers import the handler anew\n"
+               "  TERM        graceful stop: every worker drains, then exit 0\n"
+               "  INT, QUIT   fast stop\n"
+               "  TTIN, TTOU  one worker more, one fewer\n"
+               "  USR2        upgrade the master itself\n\n"
+               "example:\n  udp-reader serve myapp.udp:handle --bind :9000 --workers 2")
+    serve.add_argument("handler", metavar="MODULE:CALLABLE",
+                       help="called with each Packet (or each Batch with --batches)")
+    serve.add_argument("--bind", metavar="ADDRESS",
+                       help="address to serve; not needed under socket activation")
+    serve.add_argument("--workers", type=int, default=1, metavar="N",
+                       help="worker processes (default 1)")
+    serve.add_argument("--shared", action="store_true",
+                       help="all workers read one socket instead of one socket each")
+    serve.add_argument("--batches", action="store_true",
+                       help="call the handler once per received batch")
+    _add_reader_options(serve)
+    serve.add_argument("--grace", type=float, default=0.05, metavar="S",
+                       help="a draining socket is done once idle this long (default 0.05)")
+    serve.add_argument("--graceful-timeout", type=float, default=30.0, metavar="S",
+                       help="longest a worker may take to drain (default 30)")
+    serve.add_argument("--start-timeout", type=float, default=30.0, metavar="S",
+                       help="longest a new worker may take to be ready (default 30)")
+    serve.add_argument("--pid-file", metavar="FILE", help="write the master's pid here")
+    serve.set_defaults(func=cmd_serve)
     return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    args.argv = argv
     level = logging.INFO + 10 * (args.quiet - args.verbose)
     logging.basicConfig(level=level, format="udp-reader: %(message)s", stream=sys.stderr)
     try:
