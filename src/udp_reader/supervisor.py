@@ -141,6 +141,8 @@ class Arbiter:
         if inherited:
             for name, sock in inherited:
                 sockets.check_udp(sock)
+                if self.config.rcvbuf:
+                    sockets.set_rcvbuf(sock, self.config.rcvbuf)
                 self.slots.append(Slot(sock))
             self.shared = True
             host, port = self.slots[0].sock.getsockname()[:2]
@@ -172,12 +174,14 @@ class Arbiter:
         return self._bind((host, port))
 
     def _announce_ready(self) -> None:
-        systemd.notify("READY=1", f"STATUS={len(self.workers)} workers on {self.address}",
-                       f"MAINPID={os.getpid()}")
+        systemd.notify("READY=1", self._status(), f"MAINPID={os.getpid()}")
         predecessor = os.environ.pop(UPGRADE_ENV, "")
         if predecessor.isdigit() and int(predecessor) == os.getppid():
             log.info("upgrade complete; asking the old master %s to leave", predecessor)
             os.kill(int(predecessor), signal.SIGTERM)
+
+    def _status(self) -> str:
+        return f"STATUS={len(self._serving())} workers on {self.address}"
 
     def _close(self) -> None:
         for worker in list(self.workers.values()):
@@ -224,8 +228,10 @@ class Arbiter:
                     self._rolling_restart()
                 elif sig == signal.SIGTTIN:
                     self._try_start_worker(self._slot_for_new_worker())
+                    systemd.notify(self._status())
                 elif sig == signal.SIGTTOU:
                     self._remove_one()
+                    systemd.notify(self._status())
                 elif sig == signal.SIGUSR2:
                     self._upgrade()
             self._check_successor()
@@ -337,7 +343,7 @@ class Arbiter:
                 log.error("rolling restart aborted")
                 break
             self._leave(old)
-        systemd.notify("READY=1", f"STATUS={len(self._serving())} workers on {self.address}")
+        systemd.notify("READY=1", self._status())
 
     def _remove_one(self) -> None:
         serving = self._serving()

@@ -1,0 +1,259 @@
+"""End-to-end proof that `udp-reader serve` loses nothing across restarts.
+
+Run inside a private network namespace (`unshare -n python restart_harness.py
+SCENARIO`) so the kernel's Udp counters are this run's alone. A bounded
+sender sends sequence-numbered datagrams from many source ports at a steady
+rate over loopback while the scenario restarts workers; workers record every
+number they receive (recorder.py). Prints one JSON object: what was sent,
+received, duplicated and missing, and how the Udp counters moved.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+PORT = 7777
+ADDRESS = ("127.0.0.1", PORT)
+COUNTERS = ("NoPorts", "RcvbufErrors", "InErrors")
+DEADLINE = 60.0  # no step of a scenario waits longer
+
+
+def udp_counters() -> dict:
+    with open("/proc/net/snmp") as f:
+        rows = [line.split() for line in f if line.startswith("Udp:")]
+    return {k: int(v) for k, v in zip(rows[0][1:], rows[1][1:]) if k in COUNTERS}
+
+
+class Sender(threading.Thread):
+    """Sends numbers 0, 1, 2, ... at `rate` per second from `flows` source
+    ports until stopped, `limit` numbers, or DEADLINE seconds."""
+
+    def __init__(self, rate: int, flows: int = 32, size: int = 64, limit: int = 10_000_000):
+        super().__init__(daemon=True)
+        self.rate, self.size, self.limit = rate, size, limit
+        self.socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(flows)]
+        self.sent = 0
+        self.halt = threading.Event()
+
+    def send_first(self) -> None:
+        """Send number 0 alone (to wake a socket-activated service)."""
+        self.socks[0].sendto(bytes(self.size), ADDRESS)
+        self.sent = 1
+
+    def run(self) -> None:
+        pad = bytes(self.size - 8)
+        start = time.monotonic()
+        flows = len(self.socks)
+        while not self.halt.is_set() and self.sent < self.limit:
+            elapsed = time.monotonic() - start
+            if elapsed > DEADLINE:
+                break
+            due = min(int(elapsed * self.rate) + 1, self.limit)
+            while self.sent < due:
+                self.socks[self.sent % flows].sendto(self.sent.to_bytes(8, "little") + pad, ADDRESS)
+                self.sent += 1
+            time.sleep(0.0005)
+        for s in self.socks:
+            s.close()
+
+    def stop(self) -> int:
+        self.halt.set()
+        self.join()
+        return self.sent
+
+
+class Notifications:
+    """A NOTIFY_SOCKET of our own: sd_notify messages from the masters."""
+
+    def __init__(self, directory: str) -> None:
+        self.path = os.path.join(directory, "notify")
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(self.path)
+
+    def wait_for(self, predicate, timeout: float = DEADLINE) -> dict:
+        """The first message (as a dict) that satisfies `predicate`."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.sock.settimeout(max(0.01, deadline - time.monotonic()))
+            try:
+                data = self.sock.recv(4096).decode()
+            except socket.timeout:
+                break
+            message = dict(line.split("=", 1) for line in data.splitlines() if "=" in line)
+            if predicate(message):
+                return message
+        raise TimeoutError("no matching sd_notify message")
+
+    def ready(self, **expected) -> dict:
+        return self.wait_for(lambda m: m.get("READY") == "1" and all(
+            m.get(k) == v for k, v in expected.items()))
+
+    def status(self, text: str) -> dict:
+        return self.wait_for(lambda m: m.get("STATUS", "").startswith(text))
+
+
+class Harness:
+    def __init__(self, directory: str, rate: int) -> None:
+        self.dir = directory
+        self.notify = Notifications(directory)
+        self.env = dict(os.environ, RECORD_DIR=directory, NOTIFY_SOCKET=self.notify.path,
+                        PYTHONPATH=HERE + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        self.sender = Sender(rate)
+        self.masters = []
+
+    def serve(self, *extra: str, prefix=(), handler="recorder:on_batch", bind=True):
+        args = [sys.executable, "-m", "udp_reader", "-q", "serve", handler, "--batches",
+                "--rcvbuf", str(8 << 20), *extra]
+        if bind:
+            args += ["--bind", f"127.0.0.1:{PORT}"]
+        proc = subprocess.Popen([*prefix, *args], env=self.env, cwd=HERE)
+        self.masters.append(proc)
+        return proc
+
+    def received(self) -> np.ndarray:
+        parts = [np.fromfile(f, dtype="<u8") for f in glob.glob(os.path.join(self.dir, "*.seq"))]
+        return np.concatenate(parts) if parts else np.zeros(0, dtype="<u8")
+
+
+def wait_gone(pid: int, timeout: float = DEADLINE) -> None:
+    deadline = time.monotonic() + timeout
+    while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
+        with open(f"/proc/{pid}/stat") as f:
+            if f.read().split(") ")[1].startswith("Z"):
+                return
+        time.sleep(0.02)
+
+
+def scenario(name: str, h: Harness, restarts: int) -> dict:
+    """Run one scenario while the sender runs; returns extra facts to report."""
+    facts: dict = {}
+    if name in ("hup", "shared"):
+        master = h.serve("--workers", "2", *(["--shared"] if name == "shared" else []))
+        h.notify.ready()
+        h.sender.start()
+        times = []
+        for _ in range(restarts):
+            t = time.monotonic()
+            master.send_signal(signal.SIGHUP)
+            h.notify.wait_for(lambda m: m.get("RELOADING") == "1")
+            h.notify.ready()
+            times.append(time.monotonic() - t)
+        facts["restart_seconds"] = times
+    elif name == "ttin_ttou":
+        master = h.serve("--workers", "2")
+        h.notify.ready()
+        h.sender.start()
+        for sig, count in ((signal.SIGTTIN, 3), (signal.SIGTTIN, 4), (signal.SIGTTOU, 3),
+                           (signal.SIGTTOU, 2), (signal.SIGTTOU, 1)):
+            master.send_signal(sig)
+            h.notify.status(f"{count} workers")
+            time.sleep(0.2)
+    elif name == "usr2":
+        master = h.serve("--workers", "2")
+        h.notify.ready(MAINPID=str(master.pid))
+        h.sender.start()
+        time.sleep(0.3)
+        master.send_signal(signal.SIGUSR2)
+        new = h.notify.wait_for(lambda m: m.get("READY") == "1" and m.get("MAINPID") != str(master.pid))
+        master.wait(DEADLINE)
+        facts["old_master_exit"] = master.returncode
+        time.sleep(0.3)
+        h.sender.stop()
+        os.kill(int(new["MAINPID"]), signal.SIGTERM)
+        wait_gone(int(new["MAINPID"]))
+        return facts
+    elif name == "second":
+        first = h.serve("--workers", "2")
+        h.notify.ready(MAINPID=str(first.pid))
+        h.sender.start()
+        time.sleep(0.3)
+        second = h.serve("--workers", "2")
+        h.notify.ready(MAINPID=str(second.pid))
+        first.send_signal(signal.SIGTERM)
+        first.wait(DEADLINE)
+        facts["first_exit"] = first.returncode
+        time.sleep(0.3)
+        master = second
+    elif name == "term":
+        master = h.serve("--workers", "2")
+        h.notify.ready()
+        h.sender.start()
+        time.sleep(0.5)
+        master.send_signal(signal.SIGTERM)
+        master.wait(DEADLINE)
+        time.sleep(0.1)  # the sender goes on after the stop
+        facts["master_exit"] = master.returncode
+        return facts
+    elif name == "systemd":
+        activate = ["systemd-socket-activate", "--datagram", "-l", f"127.0.0.1:{PORT}",
+                    "-E", f"RECORD_DIR={h.dir}", "-E", f"NOTIFY_SOCKET={h.notify.path}",
+                    "-E", f"PYTHONPATH={h.env['PYTHONPATH']}"]
+        master = h.serve("--workers", "2", prefix=activate, bind=False)
+        time.sleep(0.5)
+        h.sender.send_first()  # the first datagram starts the service
+        h.notify.ready()
+        h.sender.start()
+        for _ in range(restarts):
+            master.send_signal(signal.SIGHUP)
+            h.notify.wait_for(lambda m: m.get("RELOADING") == "1")
+            h.notify.ready()
+    else:
+        raise SystemExit(f"unknown scenario {name!r}")
+    time.sleep(0.3)
+    h.sender.stop()
+    master.send_signal(signal.SIGTERM)
+    master.wait(DEADLINE)
+    facts["master_exit"] = master.returncode
+    return facts
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("scenario")
+    parser.add_argument("--rate", type=int, default=20_000)
+    parser.add_argument("--restarts", type=int, default=20)
+    args = parser.parse_args()
+    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+    with tempfile.TemporaryDirectory() as directory:
+        h = Harness(directory, args.rate)
+        before = udp_counters()
+        started = time.monotonic()
+        try:
+            facts = scenario(args.scenario, h, args.restarts)
+        finally:
+            sent = h.sender.stop() if h.sender.is_alive() or h.sender.sent else 0
+            for proc in h.masters:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+        after = udp_counters()
+        got = h.received()
+        unique, counts = np.unique(got, return_counts=True)
+        result = {
+            "scenario": args.scenario, "rate": args.rate, "seconds": time.monotonic() - started,
+            "sent": sent, "received": int(got.size), "unique": int(unique.size),
+            "duplicates": int((counts > 1).sum()),
+            "outside": int((unique >= sent).sum()),
+            "missing": int(sent - np.isin(np.arange(sent), unique).sum()),
+            "highest": int(unique.max()) if unique.size else -1,
+            "counters": {k: after[k] - before[k] for k in COUNTERS},
+            **facts,
+        }
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
