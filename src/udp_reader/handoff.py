@@ -113,8 +113,10 @@ class HandoffServer:
 
     def serve_one(self, socks: Sequence[Tuple[str, socket.socket]],
                   timeout: float = 5.0) -> bool:
-        """Accept one peer and send it `socks` (name, socket). Returns True if
-        they were sent, False if the peer was refused."""
+        """Accept one peer (waiting at most `timeout` seconds) and send it
+        `socks` (name, socket). Returns True if they were sent, False if the
+        peer was refused."""
+        self._listener.settimeout(timeout)
         conn, _ = self._listener.accept()
         with conn:
             conn.settimeout(timeout)

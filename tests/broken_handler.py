@@ -1,0 +1,1 @@
+raise ImportError("this handler module fails on import")

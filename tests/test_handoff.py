@@ -1,0 +1,177 @@
+"""Descriptor handoff (SCM_RIGHTS, exec inheritance) and systemd integration."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+
+import pytest
+
+from conftest import DEADLINE, collect, send
+from udp_reader import Reader, systemd
+from udp_reader.handoff import (HandoffServer, export_for_exec, fetch_sockets,
+                                private_path)
+
+
+@pytest.fixture
+def private_dir():
+    with tempfile.TemporaryDirectory() as d:
+        yield os.path.join(d, "run")
+
+
+def serve_in_thread(server, socks):
+    result = {}
+    thread = threading.Thread(target=lambda: result.setdefault("sent", server.serve_one(socks)))
+    thread.start()
+    return thread, result
+
+
+def test_socket_passed_over_unix_socket_shares_the_queue(private_dir):
+    path = private_path(private_dir)
+    assert oct(os.stat(private_dir).st_mode & 0o777) == "0o700"
+    with Reader("127.0.0.1:0") as reader, HandoffServer(path) as server:
+        assert oct(os.stat(path).st_mode & 0o777) == "0o600"
+        thread, result = serve_in_thread(server, [("metrics", reader.socket)])
+        ((name, sock),) = fetch_sockets(path)
+        thread.join(DEADLINE)
+        assert result["sent"] and name == "metrics"
+        send(reader.address, [b"one queue"])
+        with Reader.from_socket(sock) as successor:
+            assert collect(successor, 1) == [b"one queue"]
+        sock.close()
+
+
+def test_private_directory_must_be_closed_to_others(private_dir):
+    os.makedirs(private_dir, mode=0o755)
+    os.chmod(private_dir, 0o755)
+    with pytest.raises(PermissionError, match="0700"):
+        private_path(private_dir)
+
+
+NOBODY = 65534
+
+
+def fetch_as_nobody(path: str) -> str:
+    """Try fetch_sockets(path) in a forked child running as nobody; returns
+    what happened, in words."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: no exec, so root's private interpreter is no obstacle
+        try:
+            os.setgid(NOBODY)
+            os.setuid(NOBODY)
+            fetch_sockets(path, timeout=DEADLINE)
+            outcome = "got sockets"
+        except PermissionError as e:
+            outcome = f"refused: {e}"
+        except BaseException as e:
+            outcome = f"failed: {e!r}"
+        os.write(write_end, outcome.encode())
+        os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as f:
+        outcome = f.read().decode()
+    os.waitpid(pid, 0)
+    return outcome
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root to run a peer as another user")
+def test_peer_of_another_user_is_refused(private_dir):
+    path = private_path(private_dir)
+    with Reader("127.0.0.1:0") as reader, HandoffServer(path) as server:
+        # The directory keeps other users out...
+        assert "Permission denied" in fetch_as_nobody(path)
+        # ...and if someone opens it up, the peer credentials still do.
+        os.chmod(os.path.dirname(private_dir), 0o755)
+        os.chmod(private_dir, 0o755)
+        os.chmod(path, 0o666)
+        thread, sent = serve_in_thread(server, [("metrics", reader.socket)])
+        outcome = fetch_as_nobody(path)
+        thread.join(DEADLINE)
+    assert sent["sent"] is False
+    assert "refused: another user" in outcome
+
+
+READ_INHERITED = """
+from udp_reader import Reader
+from udp_reader.handoff import import_inherited
+((name, sock),) = import_inherited()
+with Reader.from_socket(sock) as r:
+    got = []
+    r.run(lambda p: (got.append(p.data), r.stop()))
+print(name, got[0].decode())
+"""
+
+
+def test_socket_inherited_across_exec():
+    with Reader("127.0.0.1:0") as reader:
+        send(reader.address, [b"inherited"])
+        env = dict(os.environ)
+        fds = export_for_exec([("udp", reader.socket)], env)
+        result = subprocess.run([sys.executable, "-c", READ_INHERITED], env=env, pass_fds=fds,
+                                capture_output=True, text=True, timeout=DEADLINE)
+    assert result.stdout.split() == ["udp", "inherited"], result.stderr
+
+
+ACTIVATED = """
+import json
+from udp_reader import Reader, systemd
+socks = systemd.listen_fds()
+name, sock = socks[0]
+with Reader.from_socket(sock) as r:
+    got = []
+    r.run(lambda p: (got.append(p.data.decode()), r.stop()))
+print(json.dumps([len(socks), name, got[0]]))
+"""
+
+
+def test_systemd_socket_activation():
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    proc = subprocess.Popen(
+        ["systemd-socket-activate", "--datagram", "-l", f"127.0.0.1:{port}",
+         "--fdname=metrics", sys.executable, "-c", ACTIVATED],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        # The activator binds, then starts the service on the first datagram.
+        for _ in range(200):
+            if f":{port:04X}" in open("/proc/net/udp").read():
+                break
+            threading.Event().wait(0.02)
+        send(("127.0.0.1", port), [b"activated"])
+        out, err = proc.communicate(timeout=DEADLINE)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert json.loads(out.strip().splitlines()[-1]) == [1, "metrics", "activated"], err
+
+
+def test_listen_fds_ignores_another_process(monkeypatch):
+    monkeypatch.setenv("LISTEN_PID", str(os.getpid() + 1))
+    monkeypatch.setenv("LISTEN_FDS", "1")
+    assert systemd.listen_fds() == []
+    assert "LISTEN_FDS" not in os.environ
+
+
+@pytest.mark.parametrize("abstract", [False, True])
+def test_notify(monkeypatch, abstract):
+    with tempfile.TemporaryDirectory() as d, \
+            socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as manager:
+        if abstract:
+            name = f"udp-reader-test-{os.getpid()}"
+            manager.bind("\0" + name)
+            monkeypatch.setenv("NOTIFY_SOCKET", "@" + name)
+        else:
+            manager.bind(os.path.join(d, "notify"))
+            monkeypatch.setenv("NOTIFY_SOCKET", os.path.join(d, "notify"))
+        assert systemd.notify("READY=1", "STATUS=serving")
+        assert manager.recv(1024) == b"READY=1\nSTATUS=serving"
+        assert systemd.notify_reloading()
+        assert manager.recv(1024).startswith(b"RELOADING=1\nMONOTONIC_USEC=")
+    monkeypatch.delenv("NOTIFY_SOCKET")
+    assert systemd.notify("READY=1") is False

@@ -1,0 +1,168 @@
+"""`udp-reader serve` failure handling, as real processes on loopback."""
+
+from __future__ import annotations
+
+import glob
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import pytest
+
+from conftest import DEADLINE, send
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+class Server:
+    """A `udp-reader serve` whose log lines are collected as they come."""
+
+    def __init__(self, handler: str, *args: str, record_dir: str) -> None:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        # Handlers come from tests/ and from the record folder.
+        env = dict(os.environ, RECORD_DIR=record_dir,
+                   PYTHONPATH=os.pathsep.join([HERE, record_dir]))
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "udp_reader", "serve", handler,
+             "--bind", f"127.0.0.1:{self.port}", *args],
+            cwd=HERE, env=env, stderr=subprocess.PIPE, text=True)
+        self.lines: list[str] = []
+        self._new = threading.Condition()
+        threading.Thread(target=self._collect, daemon=True).start()
+
+    def _collect(self) -> None:
+        for line in self.proc.stderr:
+            with self._new:
+                self.lines.append(line.rstrip("\n"))
+                self._new.notify_all()
+
+    def wait_for(self, text: str, count: int = 1) -> None:
+        with self._new:
+            ok = self._new.wait_for(lambda: sum(text in l for l in self.lines) >= count,
+                                    timeout=DEADLINE)
+        assert ok, f"never saw {text!r} x{count} in:\n" + "\n".join(self.lines)
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(DEADLINE)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture
+def record_dir():
+    with tempfile.TemporaryDirectory() as d:
+        yield d
+
+
+def recorded(record_dir: str) -> list[bytes]:
+    out = []
+    for path in glob.glob(os.path.join(record_dir, "*.txt")):
+        with open(path, "rb") as f:
+            out += f.read().split(b"\n")[:-1]
+    return sorted(out)
+
+
+def test_handler_that_fails_to_import_is_one_line_and_exit_2(record_dir):
+    for handler, words in (("broken_handler:on_packet", "fails on import"),
+                           ("no_such_module:f", "No module named 'no_such_module'"),
+                           ("flaky:missing", "has no 'missing'"),
+                           ("flaky:not_callable", "is not callable"),
+                           ("flaky", "MODULE:CALLABLE")):
+        server = Server(handler, record_dir=record_dir)
+        code = server.proc.wait(DEADLINE)
+        server.stop()
+        assert code == 2, server.lines
+        assert words in server.lines[-1]
+        assert server.lines[-1].startswith("udp-reader: error: ")
+        assert not any("Traceback" in line for line in server.lines)
+
+
+def test_handler_exception_is_logged_and_the_worker_carries_on(record_dir):
+    server = Server("flaky:on_packet", record_dir=record_dir)
+    server.wait_for("serving")
+    send(("127.0.0.1", server.port), [b"a", b"boom", b"b"] + [b"boom"] * 50 + [b"c"])
+    deadline = time.monotonic() + DEADLINE
+    while len(recorded(record_dir)) < 3 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert server.stop() == 0
+    assert recorded(record_dir) == [b"a", b"b", b"c"]
+    errors = [l for l in server.lines if "handler raised ValueError: boom" in l]
+    assert 1 <= len(errors) < 10  # rate-limited
+
+
+def test_failed_restart_is_a_rollback(record_dir):
+    module = os.path.join(record_dir, "swappable.py")
+    with open(module, "w") as f:
+        f.write("from flaky import on_packet\n")
+    server = Server("swappable:on_packet", "--workers", "2", record_dir=record_dir)
+    server.wait_for("serving")
+    os.unlink(module)  # the deploy went wrong: the handler is gone
+    server.proc.send_signal(signal.SIGHUP)
+    server.wait_for("rolling restart aborted")
+    send(("127.0.0.1", server.port), [b"still-served"])
+    deadline = time.monotonic() + DEADLINE
+    while not recorded(record_dir) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert server.proc.poll() is None
+    assert server.stop() == 0
+    assert recorded(record_dir) == [b"still-served"]
+    assert any("No module named 'swappable'" in l for l in server.lines)
+
+
+def test_killed_worker_is_replaced_on_the_same_socket(record_dir):
+    server = Server("flaky:on_packet", record_dir=record_dir)
+    server.wait_for("worker")
+    server.wait_for("serving")
+    pid = int(next(l for l in server.lines if "ready" in l).split()[2])
+    os.kill(pid, signal.SIGKILL)
+    server.wait_for("replacing it")
+    server.wait_for("ready", 2)
+    send(("127.0.0.1", server.port), [b"after"])
+    deadline = time.monotonic() + DEADLINE
+    while not recorded(record_dir) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert server.stop() == 0
+    assert recorded(record_dir) == [b"after"]
+    assert any("killed by SIGKILL" in l for l in server.lines)
+    assert any("the kernel dropped 0 datagram(s)" in l for l in server.lines)
+
+
+def test_pid_file_written_and_removed(record_dir):
+    pid_file = os.path.join(record_dir, "serve.pid")
+    server = Server("flaky:on_packet", "--pid-file", pid_file, record_dir=record_dir)
+    server.wait_for("serving")
+    with open(pid_file) as f:
+        assert int(f.read()) == server.proc.pid
+    assert server.stop() == 0
+    assert not os.path.exists(pid_file)
+
+
+def test_unwritable_pid_file_is_a_clear_error(record_dir):
+    server = Server("flaky:on_packet", "--pid-file", "/proc/no/such/dir/serve.pid",
+                    record_dir=record_dir)
+    assert server.proc.wait(DEADLINE) == 2
+    server.stop()
+    assert "cannot write pid file" in server.lines[-1]
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--workers", "0"], "--workers"),
+    (["--min-size", "10", "--max-size", "2"], "must not exceed"),
+])
+def test_impossible_serve_options(record_dir, args, words):
+    server = Server("flaky:on_packet", *args, record_dir=record_dir)
+    assert server.proc.wait(DEADLINE) == 2
+    server.stop()
+    assert words in server.lines[-1]
