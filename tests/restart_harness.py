@@ -46,6 +46,7 @@ class Sender(threading.Thread):
         self.rate, self.size, self.limit = rate, size, limit
         self.socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(flows)]
         self.sent = 0
+        self.elapsed = 0.0
         self.halt = threading.Event()
 
     def send_first(self) -> None:
@@ -66,8 +67,12 @@ class Sender(threading.Thread):
                 self.socks[self.sent % flows].sendto(self.sent.to_bytes(8, "little") + pad, ADDRESS)
                 self.sent += 1
             time.sleep(0.0005)
+        self.elapsed = time.monotonic() - start
         for s in self.socks:
             s.close()
+
+    def achieved_rate(self) -> float:
+        return self.sent / max(self.elapsed, 1e-9)
 
     def stop(self) -> int:
         self.halt.set()
@@ -137,7 +142,7 @@ def wait_gone(pid: int, timeout: float = DEADLINE) -> None:
         time.sleep(0.02)
 
 
-def scenario(name: str, h: Harness, restarts: int) -> dict:
+def scenario(name: str, h: Harness, restarts: int, seconds: float) -> dict:
     """Run one scenario while the sender runs; returns extra facts to report."""
     facts: dict = {}
     if name in ("hup", "shared"):
@@ -152,6 +157,11 @@ def scenario(name: str, h: Harness, restarts: int) -> dict:
             h.notify.ready()
             times.append(time.monotonic() - t)
         facts["restart_seconds"] = times
+    elif name == "steady":  # no restarts: the rate the machine sustains
+        master = h.serve("--workers", "2")
+        h.notify.ready()
+        h.sender.start()
+        time.sleep(seconds)
     elif name == "ttin_ttou":
         master = h.serve("--workers", "2")
         h.notify.ready()
@@ -220,11 +230,21 @@ def scenario(name: str, h: Harness, restarts: int) -> dict:
     return facts
 
 
+def run_in_namespace(name: str, *args: str, timeout: float = 600) -> dict:
+    """Run a scenario in a fresh network namespace; returns its report."""
+    result = subprocess.run(["unshare", "-n", sys.executable, os.path.abspath(__file__),
+                             name, *args], capture_output=True, text=True, timeout=timeout)
+    if result.returncode != 0:
+        raise RuntimeError(f"scenario {name} failed:\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("scenario")
     parser.add_argument("--rate", type=int, default=20_000)
     parser.add_argument("--restarts", type=int, default=20)
+    parser.add_argument("--seconds", type=float, default=3.0, help="length of a steady run")
     args = parser.parse_args()
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
     with tempfile.TemporaryDirectory() as directory:
@@ -232,7 +252,7 @@ def main() -> None:
         before = udp_counters()
         started = time.monotonic()
         try:
-            facts = scenario(args.scenario, h, args.restarts)
+            facts = scenario(args.scenario, h, args.restarts, args.seconds)
         finally:
             sent = h.sender.stop() if h.sender.is_alive() or h.sender.sent else 0
             for proc in h.masters:
@@ -244,7 +264,8 @@ def main() -> None:
         unique, counts = np.unique(got, return_counts=True)
         result = {
             "scenario": args.scenario, "rate": args.rate, "seconds": time.monotonic() - started,
-            "sent": sent, "received": int(got.size), "unique": int(unique.size),
+            "sent": sent, "achieved_rate": h.sender.achieved_rate(),
+            "received": int(got.size), "unique": int(unique.size),
             "duplicates": int((counts > 1).sum()),
             "outside": int((unique >= sent).sum()),
             "missing": int(sent - np.isin(np.arange(sent), unique).sum()),

@@ -6,15 +6,12 @@ restarts workers; every number must arrive exactly once, and the
 namespace's Udp counters NoPorts, RcvbufErrors and InErrors must not move.
 """
 
-import json
-import os
 import shutil
 import subprocess
-import sys
 
 import pytest
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+from restart_harness import run_in_namespace
 
 
 def _can_unshare() -> bool:
@@ -27,11 +24,7 @@ pytestmark = pytest.mark.skipif(not _can_unshare(),
 
 
 def run_scenario(name: str, *args: str) -> dict:
-    result = subprocess.run(
-        ["unshare", "-n", sys.executable, os.path.join(HERE, "restart_harness.py"), name, *args],
-        capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    return run_in_namespace(name, *args, timeout=300)
 
 
 def assert_lossless(r: dict) -> None:
