@@ -1,4 +1,5 @@
-"""Builds the compiled core: the C engine in csrc/ and its Cython bridge."""
+"""Builds the compiled core: the C receive engine and send path in csrc/ and
+their Cython bridges."""
 
 from Cython.Build import cythonize
 from setuptools import Extension, setup
@@ -11,4 +12,12 @@ core = Extension(
     extra_compile_args=["-O3", "-Wall", "-Wno-unused-function"],
 )
 
-setup(ext_modules=cythonize([core], compiler_directives={"language_level": "3"}))
+sender = Extension(
+    "udp_reader._sender",
+    sources=["src/udp_reader/_sender.pyx", "csrc/sender.c"],
+    include_dirs=["csrc"],
+    depends=["csrc/sender.h", "src/udp_reader/sender.pxd"],
+    extra_compile_args=["-O3", "-Wall", "-Wno-unused-function"],
+)
+
+setup(ext_modules=cythonize([core, sender], compiler_directives={"language_level": "3"}))

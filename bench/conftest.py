@@ -10,44 +10,14 @@ from __future__ import annotations
 
 import ctypes
 import pathlib
-import socket
 import subprocess
 import tempfile
 
 import pytest
 
-from udp_reader import sockets
+from udp_reader.benchmark import Queue
 
 HERE = pathlib.Path(__file__).parent
-RCVBUF = 512 << 20
-
-
-class Queue:
-    """A loopback UDP socket that can be filled with `count` datagrams."""
-
-    def __init__(self, count: int, size: int, family: int = socket.AF_INET) -> None:
-        host = "127.0.0.1" if family == socket.AF_INET else "::1"
-        self.count = count
-        self.size = size
-        self.sock = socket.socket(family, socket.SOCK_DGRAM)
-        self.sock.bind((host, 0))
-        sockets.enable_metadata(self.sock)
-        sockets.set_rcvbuf(self.sock, RCVBUF)
-        self.sender = socket.socket(family, socket.SOCK_DGRAM)
-        self.address = self.sock.getsockname()[:2]
-
-    def fill(self) -> None:
-        drops = sockets.kernel_drops(self.sock)
-        payload = bytes(self.size)
-        send, address = self.sender.sendto, self.address
-        for _ in range(self.count):
-            send(payload, address)
-        if sockets.kernel_drops(self.sock) != drops:
-            pytest.fail("the queue overflowed while filling: raise RCVBUF or lower the count")
-
-    def close(self) -> None:
-        self.sock.close()
-        self.sender.close()
 
 
 @pytest.fixture(scope="session")
@@ -69,12 +39,16 @@ _medians: dict[tuple[str, str], float] = {}
 def measure(benchmark, request):
     """Run `drain(queue)` over freshly filled queues and record its median."""
 
-    def run(queue: Queue, drain, rounds: int = 7) -> None:
+    def run(queue: Queue, prepare, rounds: int = 7) -> None:
+        """`prepare(queue)` returns the drain to time, after the queue is filled."""
+        drains = []
+
         def setup():
             queue.fill()
+            drains.append(prepare(queue))
             return (), {}
 
-        benchmark.pedantic(lambda: drain(queue), setup=setup, rounds=rounds)
+        benchmark.pedantic(lambda: drains.pop()(), setup=setup, rounds=rounds)
         group = benchmark.group or ""
         contender = request.node.callspec.params.get("contender", request.node.name)
         _medians[(group, contender)] = benchmark.stats.stats.median
@@ -83,11 +57,13 @@ def measure(benchmark, request):
     return run
 
 
-# (group prefix, faster contender, slower contender, target ratio of speeds)
+# (group prefix, contender, compared with, target ratio of speeds)
 TARGETS = [
-    ("drain", "batch", "c_loop", 0.9),
-    ("drain", "packet", "c_loop", 0.75),
-    ("drain", "packet", "py_recvfrom", 1.8),
+    ("drain", "per_batch", "c_loop", 0.9),
+    ("drain", "per_packet", "c_loop", 0.75),
+    ("drain", "per_packet", "py_recvfrom", 1.8),
+    ("drain", "per_packet", "uvloop", 1.8),
+    ("drain", "per_packet", "asyncio", 10),
 ]
 
 

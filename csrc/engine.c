@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 
 #ifndef SO_RXQ_OVFL
 #define SO_RXQ_OVFL 40
@@ -95,6 +96,12 @@ static void take_control(ur_engine *e, ur_meta *m, struct msghdr *h,
             else
                 memcpy(m->dst, &pi.ipi6_addr, 16);
             m->ifindex = pi.ipi6_ifindex;
+        } else if (cm->cmsg_level == SOL_SOCKET &&
+                   cm->cmsg_type == SCM_TIMESTAMPNS &&
+                   cm->cmsg_len >= CMSG_LEN(sizeof(struct timespec))) {
+            struct timespec ts;
+            memcpy(&ts, CMSG_DATA(cm), sizeof ts);
+            m->timestamp_ns = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
         } else if (cm->cmsg_level == SOL_SOCKET &&
                    cm->cmsg_type == SO_RXQ_OVFL &&
                    cm->cmsg_len >= CMSG_LEN(sizeof(uint32_t))) {

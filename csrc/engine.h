@@ -11,7 +11,7 @@
  * reached a dual-stack IPv6 socket) has family AF_INET and uses the first
  * four bytes of src/dst. */
 typedef struct ur_meta {
-    uint64_t timestamp_ns;  /* reserved for receive timestamps, 0 for now */
+    uint64_t timestamp_ns;  /* kernel receive time (SO_TIMESTAMPNS), else 0 */
     uint32_t offset;        /* payload start in the arena */
     uint32_t length;        /* payload length */
     uint32_t ifindex;       /* interface the packet arrived on */

@@ -18,8 +18,8 @@ COMMAND = [sys.executable, "-m", "udp_reader"]
 def start(*args: str) -> tuple[subprocess.Popen, tuple[str, int]]:
     """Start a command that logs 'listening on HOST:PORT' and return it with the address."""
     proc = subprocess.Popen([*COMMAND, *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    line = proc.stderr.readline()
+                            stderr=subprocess.PIPE)
+    line = proc.stderr.readline().decode()
     match = re.search(r"listening on \[?([^\]]+?)\]?:(\d+)$", line.strip())
     if not match:
         proc.kill()
@@ -31,7 +31,7 @@ def start(*args: str) -> tuple[subprocess.Popen, tuple[str, int]]:
 def finish(proc: subprocess.Popen, sig: int = signal.SIGINT) -> tuple[int, str, str]:
     proc.send_signal(sig)
     out, err = proc.communicate(timeout=DEADLINE)
-    return proc.returncode, out, err
+    return proc.returncode, out.decode(), err.decode()
 
 
 def test_listen_counts_and_exits_zero_on_ctrl_c():

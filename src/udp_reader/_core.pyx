@@ -140,6 +140,17 @@ cdef class Packet:
         return self._m.ifindex
 
     @property
+    def timestamp_ns(self):
+        """Kernel receive time in nanoseconds since the epoch, or 0."""
+        return self._m.timestamp_ns
+
+    @property
+    def timestamp(self):
+        """Kernel receive time in seconds since the epoch, or None unless the
+        reader was made with timestamps=True."""
+        return self._m.timestamp_ns / 1e9 if self._m.timestamp_ns else None
+
+    @property
     def family(self):
         """socket.AF_INET or socket.AF_INET6 (IPv4 on a dual-stack socket is AF_INET)."""
         return socket.AddressFamily(self._m.family)
@@ -299,7 +310,7 @@ cdef class Reader:
 
     def __init__(self, address=None, *, int min_size=0, int max_size=65507,
                  int batch_size=64, bint reuseport=True, rcvbuf=None,
-                 fileno=None):
+                 bint timestamps=False, fileno=None):
         if not 0 <= min_size <= 65535:
             raise ValueError(f"min_size must be within 0..65535, not {min_size}")
         if not 0 <= max_size <= 65535:
@@ -323,6 +334,8 @@ cdef class Reader:
         else:
             sock = sockets.open_socket(address, reuseport=reuseport, rcvbuf=rcvbuf)
         try:
+            if timestamps:
+                sockets.enable_timestamps(sock)
             if ur_engine_init(&self._engine, batch_size, min_size, max_size) < 0:
                 raise MemoryError()
             self._engine_ready = True
@@ -465,6 +478,20 @@ cdef class Reader:
         self._handler, self._handler_takes_batches = on_batch, True
         self._loop(FOREVER)
 
+    def receive_batch(self):
+        """One receive without waiting: a Batch, or None when nothing is
+        queued. For event loops that wait for readability themselves."""
+        cdef Batch batch
+        self._check_open()
+        if self._running:
+            raise RuntimeError("the reader is already running")
+        while self._pending_next >= self._pending_end:
+            if not self._receive():
+                return None
+        batch = self._take_batch()
+        self._delivered += batch._count
+        return batch
+
     def shed(self):
         """Stop the kernel from steering new datagrams to this socket; those
         already queued stay readable. Other sockets on the port (SO_REUSEPORT)
@@ -520,11 +547,7 @@ cdef class Reader:
         try:
             while self._next_batch(idle_ms):
                 if self._handler_takes_batches:
-                    batch = Batch.__new__(Batch)
-                    batch._slab = self._slab
-                    batch._start = self._pending_next
-                    batch._count = self._pending_end - self._pending_next
-                    self._pending_next = self._pending_end
+                    batch = self._take_batch()
                     self._delivered += batch._count
                     self._handler(batch)
                     batch = None
@@ -532,6 +555,15 @@ cdef class Reader:
                     self._deliver_packets(self._handler)
         finally:
             self._end()
+
+    cdef Batch _take_batch(self):
+        """All pending packets as one Batch."""
+        cdef Batch batch = Batch.__new__(Batch)
+        batch._slab = self._slab
+        batch._start = self._pending_next
+        batch._count = self._pending_end - self._pending_next
+        self._pending_next = self._pending_end
+        return batch
 
     cdef _deliver_packets(self, on_packet):
         cdef _Slab slab = self._slab
@@ -551,11 +583,28 @@ cdef class Reader:
         if self._close_after_run:
             self.close()
 
+    cdef bint _receive(self) except -1:
+        """One non-blocking recvmmsg into a free slab; False if the queue was
+        empty. The new records become the pending packets."""
+        cdef int n
+        if Py_REFCNT(self._slab) > 1:
+            self._slab = self._new_slab()  # a callback kept something
+        with nogil:
+            n = ur_engine_recv(&self._engine, self._fd, self._slab.arena,
+                               self._slab.meta, &self._c)
+        if n == -EAGAIN:
+            return False
+        if n < 0:
+            raise OSError(-n, f"recvmmsg: {os.strerror(-n)}")
+        self._pending_next = 0
+        self._pending_end = n
+        return True
+
     cdef bint _next_batch(self, int idle_ms) except -1:
         """Make pending packets available: what an earlier run left, or a new
         receive. Returns False once stop() is asked, and in a drain once the
         queue has been idle for idle_ms (PENDING_ONLY: never receives)."""
-        cdef int n, r, wait_ms
+        cdef int r, wait_ms
         cdef int fd = self._fd, wake_fd = self._wake_fd
         while not self._stopping:
             PyErr_CheckSignals()
@@ -565,17 +614,8 @@ cdef class Reader:
                 return False
             if self._deadline >= 0 and time.monotonic() >= self._deadline:
                 return False
-            if Py_REFCNT(self._slab) > 1:
-                self._slab = self._new_slab()  # a callback kept something
-            with nogil:
-                n = ur_engine_recv(&self._engine, fd, self._slab.arena,
-                                   self._slab.meta, &self._c)
-            if n >= 0:
-                self._pending_next = 0
-                self._pending_end = n
+            if self._receive():
                 continue
-            if n != -EAGAIN:
-                raise OSError(-n, f"recvmmsg: {os.strerror(-n)}")
             wait_ms = WAIT_SLICE_MS if idle_ms == FOREVER else idle_ms
             with nogil:
                 r = ur_wait(fd, wake_fd, wait_ms)

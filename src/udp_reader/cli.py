@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import os
 import signal
 import sys
 import threading
 import time
 from typing import Callable, Optional, Sequence
 
-from udp_reader import Reader, Stats, __version__
+from udp_reader import Reader, Stats, __version__, sockets
 
 log = logging.getLogger("udp_reader")
 
@@ -19,6 +21,13 @@ EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
 class UsageError(Exception):
     """A wrong input: one line to stderr, exit 2."""
+
+
+def describe(error: BaseException) -> str:
+    """An exception as one line for the operator, without "[Errno N]"."""
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror if not error.filename else f"{error.filename}: {error.strerror}"
+    return str(error)
 
 
 def _size(text: str) -> int:
@@ -42,12 +51,13 @@ def _add_reader_options(p: argparse.ArgumentParser) -> None:
                    help="socket receive buffer size")
 
 
-def _open_reader(args: argparse.Namespace) -> Reader:
+def _open_reader(args: argparse.Namespace, **options) -> Reader:
     try:
         return Reader(args.address, min_size=args.min_size, max_size=args.max_size,
-                      batch_size=args.batch_size, rcvbuf=args.rcvbuf)
+                      batch_size=args.batch_size, rcvbuf=args.rcvbuf,
+                      reuseport=args.reuseport, **options)
     except (ValueError, TypeError, OSError) as e:
-        raise UsageError(str(e)) from None
+        raise UsageError(describe(e)) from None
 
 
 def _human(value: float, unit: str) -> str:
@@ -62,10 +72,10 @@ class StatusLine:
     """Every `interval` seconds, shows rates from a Stats source on stderr:
     a line redrawn in place on a terminal, a log line otherwise."""
 
-    def __init__(self, stats: Callable[[], Stats], interval: float = 1.0) -> None:
+    def __init__(self, stats: Callable[[], Stats], interval: Optional[float] = None) -> None:
         self._stats = stats
-        self._interval = interval
         self._tty = sys.stderr.isatty()
+        self._interval = interval or (1.0 if self._tty else 10.0)
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="status", daemon=True)
         self._started = time.monotonic()
@@ -108,19 +118,123 @@ class StatusLine:
                 f"{stats.kernel_drops} kernel drops in {seconds:.1f} s")
 
 
+def _open_output(path: str):
+    try:
+        return open(path, "wb")
+    except OSError as e:
+        raise UsageError(f"cannot write {path}: {e.strerror}") from None
+
+
 def cmd_listen(args: argparse.Namespace) -> int:
-    reader = _open_reader(args)
-    with reader:
-        signal.signal(signal.SIGTERM, lambda *_: reader.stop())
-        host, port = reader.address
-        log.info("listening on %s", f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
-        status = StatusLine(lambda: reader.stats)
-        with status:
-            try:
-                reader.run_batches(lambda batch: None)
-            except KeyboardInterrupt:
-                pass
-        print(status.summary(reader.stats), file=sys.stderr)
+    from udp_reader.formats import FORMATS, Pcap
+
+    if args.count is not None and args.count < 1:
+        raise UsageError(f"--count must be at least 1, not {args.count}")
+    if args.duration is not None and args.duration <= 0:
+        raise UsageError(f"--duration must be positive, not {args.duration}")
+    fmt = args.format or ("none" if args.write else "summary")
+    pcap_file = _open_output(args.write) if args.write else None
+    reader = None
+    try:
+        reader = _open_reader(args, timestamps=True)
+        port = reader.address[1]
+        writers = [] if fmt == "none" else [FORMATS[fmt](sys.stdout.buffer, port)]
+        if pcap_file is not None:
+            writers.append(Pcap(pcap_file, port))
+        return _listen(args, reader, writers)
+    finally:
+        if reader is not None:
+            reader.close()
+        if pcap_file is not None:
+            pcap_file.close()
+
+
+def _listen(args: argparse.Namespace, reader: Reader, writers: list) -> int:
+    signal.signal(signal.SIGTERM, lambda *_: reader.stop())
+    left = args.count
+
+    def on_batch(batch) -> None:
+        nonlocal left
+        for packet in batch:
+            for writer in writers:
+                writer.write(packet)
+            if left is not None:
+                left -= 1
+                if not left:
+                    reader.stop()  # the rest stays undelivered: exactly N
+                    break
+        for writer in writers:
+            writer.flush()
+
+    host, port = reader.address
+    log.info("listening on %s", sockets.format_address(host, port))
+    if args.duration:
+        timer = threading.Timer(args.duration, reader.stop)
+        timer.daemon = True
+        timer.start()
+    status = StatusLine(lambda: reader.stats, args.status_interval)
+    with status:
+        try:
+            reader.run_batches(on_batch)
+        except KeyboardInterrupt:
+            pass
+        except BrokenPipeError:
+            # The reading end went away (| head): stop quietly, as cat does.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return EXIT_OK
+    for writer in writers:
+        writer.close()
+    print(status.summary(reader.stats), file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    from udp_reader.send import LoadGenerator, parse_sizes
+
+    if args.rate < 0:
+        raise UsageError(f"--rate must be 0 or more, not {args.rate}")
+    if args.count is not None and args.count < 1:
+        raise UsageError(f"--count must be at least 1, not {args.count}")
+    if args.duration is not None and args.duration <= 0:
+        raise UsageError(f"--duration must be positive, not {args.duration}")
+    if args.count is None and args.duration is None:
+        log.info("sending until Ctrl-C (give --count or --duration to stop by itself)")
+    try:
+        generator = LoadGenerator(args.address, sizes=parse_sizes(args.size),
+                                  payload=args.payload, flows=args.flows)
+    except (ValueError, OSError) as e:
+        raise UsageError(describe(e)) from None
+    try:
+        report = generator.run(rate=args.rate, count=args.count, duration=args.duration)
+    finally:
+        generator.close()
+    print(report)
+    return EXIT_OK
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from udp_reader import benchmark
+
+    if args.count < 1 or args.rounds < 1:
+        raise UsageError("--count and --rounds must be at least 1")
+    if not 1 <= args.size <= 65507:
+        raise UsageError(f"--size must be within 1..65507, not {args.size}")
+    try:
+        results = benchmark.compare(args.count, args.size, args.rounds)
+    except RuntimeError as e:
+        raise UsageError(str(e)) from None
+    base = results["py_recvfrom"]["packets_per_second"]
+    for row in results.values():
+        row["vs_py_recvfrom"] = row["packets_per_second"] / base
+    if args.json:
+        print(json.dumps({"count": args.count, "size": args.size, "rounds": args.rounds,
+                          "results": results}, indent=2))
+        return EXIT_OK
+    print(f"{args.count} datagrams of {args.size} bytes, median of {args.rounds} rounds, "
+          f"fill then drain on loopback")
+    print(f"{'contender':<12} {'packets/s':>12} {'vs recvfrom':>12}")
+    for name, row in sorted(results.items(), key=lambda kv: -kv[1]["packets_per_second"]):
+        print(f"{name:<12} {row['packets_per_second']:>12,.0f} {row['vs_py_recvfrom']:>11.2f}x")
     return EXIT_OK
 
 
@@ -141,8 +255,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         start_timeout=args.start_timeout, pid_file=args.pid_file)
     try:
         return Arbiter(config).run()
-    except StartError as e:
-        raise UsageError(str(e)) from None
+    except (StartError, ValueError, OSError) as e:
+        # These come from setting up (binding, the pid file, the first
+        # workers): a wrong input.
+        raise UsageError(describe(e)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -150,19 +266,69 @@ def build_parser() -> argparse.ArgumentParser:
         prog="udp-reader",
         description="Read UDP datagrams at kernel speed.",
         epilog="examples:\n  udp-reader listen :9000\n"
-               "  udp-reader listen 127.0.0.1:9000 --min-size 8 --max-size 1500",
+               "  udp-reader send 127.0.0.1:9000 --rate 10000 --duration 5\n"
+               "  udp-reader serve myapp.udp:handle --bind :9000 --workers 2\n"
+               "  udp-reader bench",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
     parser.add_argument("-q", "--quiet", action="count", default=0, help="less logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    listen = sub.add_parser("listen", help="receive and show live statistics",
-                            description="Receive on ADDRESS and show a live status line.")
+    listen = sub.add_parser(
+        "listen", help="receive and show packets and live statistics",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Receive on ADDRESS and print every packet; a live status line "
+                    "goes to stderr.",
+        epilog="examples:\n"
+               "  udp-reader listen :9000\n"
+               "  udp-reader listen 127.0.0.1:9000 --format jsonl --count 100\n"
+               "  udp-reader listen [::]:514 --write syslog.pcap --duration 60")
     listen.add_argument("address", metavar="ADDRESS",
                         help="host:port, :port (all addresses) or [v6]:port")
+    listen.add_argument("--format", choices=["summary", "hex", "jsonl", "raw", "none"],
+                        help="what to print per packet (default summary; none with --write)")
+    listen.add_argument("--write", metavar="FILE.pcap", help="also save packets as pcap")
+    listen.add_argument("--count", type=int, metavar="N", help="stop after N packets")
+    listen.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
+    listen.add_argument("--status-interval", type=float, default=None, metavar="S",
+                        help="seconds between status lines (default 1 on a terminal, 10 otherwise)")
     _add_reader_options(listen)
+    listen.add_argument("--no-reuseport", dest="reuseport", action="store_false",
+                        help="refuse to share the port (SO_REUSEPORT off)")
     listen.set_defaults(func=cmd_listen)
+
+    send = sub.add_parser(
+        "send", help="generate load with sendmmsg",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Send datagrams to ADDRESS and print the rate achieved.",
+        epilog="examples:\n"
+               "  udp-reader send 127.0.0.1:9000 --count 1000000\n"
+               "  udp-reader send [::1]:9000 --rate 50000 --duration 10 --size 64-1400 --flows 8")
+    send.add_argument("address", metavar="ADDRESS", help="host:port or [v6]:port")
+    send.add_argument("--rate", type=float, default=0, metavar="PPS",
+                      help="datagrams per second; 0 is as fast as possible (default)")
+    send.add_argument("--count", type=int, metavar="N", help="stop after N datagrams")
+    send.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
+    send.add_argument("--size", default="64", metavar="N|MIN-MAX",
+                      help="payload bytes (default 64)")
+    send.add_argument("--flows", type=int, default=1, metavar="K",
+                      help="distinct source ports, so SO_REUSEPORT spreads them (default 1)")
+    send.add_argument("--payload", default="seq", metavar="seq|random|@FILE",
+                      help="seq: an 8-byte little-endian sequence number first (default)")
+    send.set_defaults(func=cmd_send)
+
+    bench = sub.add_parser(
+        "bench", help="compare this package with other ways to read UDP",
+        description="Fill a loopback socket, then time each contender draining it.")
+    bench.add_argument("--count", type=int, default=100_000, metavar="N",
+                       help="datagrams per round (default 100000)")
+    bench.add_argument("--size", type=int, default=64, metavar="N",
+                       help="payload bytes (default 64)")
+    bench.add_argument("--rounds", type=int, default=5, metavar="R",
+                       help="interleaved rounds; medians are reported (default 5)")
+    bench.add_argument("--json", action="store_true", help="print JSON")
+    bench.set_defaults(func=cmd_bench)
 
     serve = sub.add_parser(
         "serve", help="run a handler in supervised worker processes",
@@ -211,7 +377,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"udp-reader: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except OSError as e:
-        print(f"udp-reader: error: {e}", file=sys.stderr)
+        print(f"udp-reader: error: {describe(e)}", file=sys.stderr)
         return EXIT_FAILURE
 
 

@@ -15,6 +15,7 @@ IPV6_RECVPKTINFO = getattr(socket, "IPV6_RECVPKTINFO", 49)
 SO_RXQ_OVFL = getattr(socket, "SO_RXQ_OVFL", 40)
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 SO_MEMINFO = getattr(socket, "SO_MEMINFO", 55)
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
 _SK_MEMINFO_DROPS = 8
 
 
@@ -121,6 +122,11 @@ def enable_metadata(sock: socket.socket) -> None:
     else:
         sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
     sock.setsockopt(socket.SOL_SOCKET, SO_RXQ_OVFL, 1)
+
+
+def enable_timestamps(sock: socket.socket) -> None:
+    """Ask for the kernel's receive time of every packet (SO_TIMESTAMPNS)."""
+    sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
 
 
 def set_rcvbuf(sock: socket.socket, size: int) -> int:

@@ -154,10 +154,7 @@ class Arbiter:
         self.address = sockets.format_address(host, port)
 
     def _bind(self, address) -> Slot:
-        try:
-            sock = sockets.open_socket(address, reuseport=True, rcvbuf=self.config.rcvbuf)
-        except (OSError, ValueError, TypeError) as e:
-            raise StartError(str(e)) from None
+        sock = sockets.open_socket(address, reuseport=True, rcvbuf=self.config.rcvbuf)
         slot = Slot(sock)
         self.slots.append(slot)
         return slot

@@ -1,0 +1,31 @@
+/* The load generator's send path: sendmmsg() over messages prepared once.
+ * Plain C, no Python. */
+#ifndef UDP_READER_SENDER_H
+#define UDP_READER_SENDER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+struct mmsghdr;
+struct iovec;
+struct sockaddr;
+
+typedef struct ur_sender {
+    unsigned batch;         /* datagrams per sendmmsg call */
+    size_t slot;            /* payload bytes reserved per datagram */
+    struct mmsghdr *msgs;
+    struct iovec *iov;
+    unsigned char *payloads; /* batch * slot bytes, filled by the caller */
+} ur_sender;
+
+int ur_sender_init(ur_sender *s, unsigned batch, size_t slot);
+void ur_sender_free(ur_sender *s);
+
+/* Send datagram i (i < count <= batch) of lengths[i] bytes from payload
+ * slot i to `dst` (NULL for a connected socket). With stamp_seq, the first 8 bytes of each carry seq + i
+ * (little-endian) first. Returns how many were sent, or -errno. */
+int ur_sender_send(ur_sender *s, int fd, const struct sockaddr *dst,
+                   unsigned dstlen, const uint32_t *lengths, unsigned count,
+                   int stamp_seq, uint64_t seq);
+
+#endif

@@ -1,0 +1,149 @@
+"""The load generator behind `udp-reader send`: sendmmsg batches from one or
+more source ports, paced to a rate, with payloads a receiver can check."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import random
+import socket
+import time
+from typing import List, Optional, Tuple
+
+from udp_reader._sender import BatchSender
+from udp_reader.sockets import Address, parse_address
+
+log = logging.getLogger("udp_reader")
+
+BATCH = 64
+SEQ_BYTES = 8
+PAYLOAD_KINDS = ("seq", "random")
+
+
+@dataclasses.dataclass
+class SendReport:
+    sent: int
+    bytes: int
+    seconds: float
+    refused: int  # sends the kernel refused (ICMP port unreachable)
+
+    @property
+    def rate(self) -> float:
+        return self.sent / self.seconds if self.seconds > 0 else 0.0
+
+    def __str__(self) -> str:
+        refused = f", {self.refused} refused" if self.refused else ""
+        return (f"sent {self.sent} datagrams ({self.bytes} bytes) in {self.seconds:.2f} s: "
+                f"{self.rate:,.0f} datagrams/s, {self.bytes / max(self.seconds, 1e-9) / 1e6:.1f} "
+                f"MB/s{refused}")
+
+
+def parse_sizes(text: str) -> Tuple[int, int]:
+    """'N' or 'MIN-MAX' payload bytes."""
+    low, sep, high = text.partition("-")
+    try:
+        sizes = (int(low), int(high) if sep else int(low))
+    except ValueError:
+        raise ValueError(f"size {text!r} must be N or MIN-MAX") from None
+    if not 0 <= sizes[0] <= sizes[1] <= 65507:
+        raise ValueError(f"size {text!r} must be within 0..65507, smallest first")
+    return sizes
+
+
+def destination(address: Address) -> Tuple[int, tuple]:
+    host, port = parse_address(address)
+    if not host or port == 0:
+        raise ValueError(f"send needs a host and a port, not {address!r}")
+    try:
+        family, _, _, _, sockaddr = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)[0]
+    except socket.gaierror as e:
+        raise socket.gaierror(e.errno, f"cannot resolve {host!r}: {e.strerror}") from None
+    return family, sockaddr
+
+
+class LoadGenerator:
+    """`flows` connected sockets (one source port each), each with a
+    BatchSender whose payload slots are filled once."""
+
+    def __init__(self, address: Address, *, sizes: Tuple[int, int] = (64, 64),
+                 payload: str = "seq", flows: int = 1) -> None:
+        if flows < 1:
+            raise ValueError(f"flows must be at least 1, not {flows}")
+        family, sockaddr = destination(address)
+        self.seq = payload == "seq"
+        contents: Optional[bytes] = None
+        if payload.startswith("@"):
+            try:
+                with open(payload[1:], "rb") as f:
+                    contents = f.read()
+            except OSError as e:
+                raise OSError(e.errno, f"cannot read payload file {payload[1:]}: {e.strerror}") from None
+            if len(contents) > 65507:
+                raise ValueError(f"payload file {payload[1:]} is over 65507 bytes")
+            sizes = (len(contents), len(contents))
+        elif payload not in PAYLOAD_KINDS:
+            raise ValueError(f"payload must be seq, random or @FILE, not {payload!r}")
+        if self.seq and sizes[0] < SEQ_BYTES:
+            raise ValueError(f"seq payloads need at least {SEQ_BYTES} bytes")
+        rng = random.Random(0)
+        self.lengths = [rng.randint(*sizes) for _ in range(BATCH * 16)]
+        self.flows: List[Tuple[socket.socket, BatchSender]] = []
+        try:
+            for _ in range(flows):
+                sock = socket.socket(family, socket.SOCK_DGRAM)
+                self.flows.append((sock, BatchSender(sock, BATCH, sizes[1])))
+                sock.connect(sockaddr)
+        except BaseException:
+            self.close()
+            raise
+        for _, sender in self.flows:
+            view = memoryview(sender)
+            if contents is not None:
+                for i in range(BATCH):
+                    view[i * sender.slot:(i + 1) * sender.slot] = contents
+            elif payload == "random":
+                view[:] = os.urandom(len(view))
+
+    def close(self) -> None:
+        for sock, _ in self.flows:
+            sock.close()
+
+    def run(self, *, rate: float = 0, count: Optional[int] = None,
+            duration: Optional[float] = None) -> SendReport:
+        """Send until `count` datagrams or `duration` seconds (or Ctrl-C);
+        rate 0 is as fast as the kernel takes them."""
+        sent = nbytes = refused = 0
+        flow = cursor = 0
+        lengths, flows = self.lengths, self.flows
+        start = time.monotonic()
+        try:
+            while count is None or sent < count:
+                now = time.monotonic()
+                if duration is not None and now - start >= duration:
+                    break
+                n = BATCH if count is None else min(BATCH, count - sent)
+                if rate:
+                    due = int((now - start) * rate) + 1 - sent
+                    if due <= 0:
+                        time.sleep(min(0.001, -due / rate + 1 / rate))
+                        continue
+                    n = min(n, due)
+                chunk = lengths[cursor:cursor + n]
+                if len(chunk) < n:
+                    cursor = 0
+                    chunk = lengths[:n]
+                try:
+                    done = flows[flow][1].send(chunk, self.seq, sent)
+                except ConnectionRefusedError:
+                    refused += 1  # an ICMP error from an earlier send; go on
+                    continue
+                sent += done
+                nbytes += sum(chunk[:done])
+                cursor += n
+                flow = (flow + 1) % len(flows)
+        except KeyboardInterrupt:
+            pass
+        return SendReport(sent, nbytes, time.monotonic() - start, refused)
+
+
