@@ -12,18 +12,27 @@
 #ifndef SO_RXQ_OVFL
 #define SO_RXQ_OVFL 40
 #endif
+#ifndef SOL_UDP
+#define SOL_UDP 17
+#endif
+#ifndef UDP_GRO
+#define UDP_GRO 104
+#endif
 
 int ur_engine_init(ur_engine *e, unsigned batch, uint32_t min_size,
-                   uint32_t max_size)
+                   uint32_t max_size, int gro)
 {
     memset(e, 0, sizeof *e);
     e->batch = batch;
     e->min_size = min_size;
     e->max_size = max_size;
+    e->gro = gro;
     /* A datagram longer than the slot is cut and flagged MSG_TRUNC, so a
-     * slot of max_size is enough to tell every too-long datagram apart.
-     * Round up to a cache line so payloads start aligned. */
-    e->slot = ((size_t)max_size + 63) & ~(size_t)63;
+     * slot of max_size is enough to tell every too-long datagram apart.  A
+     * merged (GRO) receive needs room for all its segments: 64 KiB.  Round
+     * up to a cache line so payloads start aligned. */
+    e->slot = gro ? UR_GRO_BUFFER : ((size_t)max_size + 63) & ~(size_t)63;
+    e->max_records = gro ? batch * UR_MAX_SEGMENTS : batch;
     e->msgs = calloc(batch, sizeof *e->msgs);
     e->iov = calloc(batch, sizeof *e->iov);
     e->names = calloc(batch, sizeof *e->names);
@@ -74,11 +83,13 @@ static void take_source(ur_meta *m, const struct sockaddr_storage *name)
     }
 }
 
-/* Read the control messages of one datagram into its record. */
-static void take_control(ur_engine *e, ur_meta *m, struct msghdr *h,
-                         ur_counters *c)
+/* Read the control messages of one datagram into its record; returns the
+ * GRO segment size, 0 when the datagram is not merged. */
+static uint32_t take_control(ur_engine *e, ur_meta *m, struct msghdr *h,
+                             ur_counters *c)
 {
     struct cmsghdr *cm;
+    uint32_t segment = 0;
     for (cm = CMSG_FIRSTHDR(h); cm; cm = CMSG_NXTHDR(h, cm)) {
         if (cm->cmsg_level == IPPROTO_IP && cm->cmsg_type == IP_PKTINFO &&
             cm->cmsg_len >= CMSG_LEN(sizeof(struct in_pktinfo))) {
@@ -110,8 +121,15 @@ static void take_control(ur_engine *e, ur_meta *m, struct msghdr *h,
             /* Cumulative and wrapping: add the unsigned difference. */
             c->kernel_drops += (uint32_t)(drops - e->last_ovfl);
             e->last_ovfl = drops;
+        } else if (cm->cmsg_level == SOL_UDP && cm->cmsg_type == UDP_GRO &&
+                   cm->cmsg_len >= CMSG_LEN(sizeof(int))) {
+            int size;
+            memcpy(&size, CMSG_DATA(cm), sizeof size);
+            if (size > 0)
+                segment = (uint32_t)size;
         }
     }
+    return segment;
 }
 
 int ur_engine_recv(ur_engine *e, int fd, unsigned char *arena, ur_meta *meta,
@@ -124,7 +142,7 @@ int ur_engine_recv(ur_engine *e, int fd, unsigned char *arena, ur_meta *meta,
     for (i = 0; i < e->batch; i++) {
         struct msghdr *h = &e->msgs[i].msg_hdr;
         e->iov[i].iov_base = arena + i * e->slot;
-        e->iov[i].iov_len = e->max_size;
+        e->iov[i].iov_len = e->gro ? e->slot : e->max_size;
         h->msg_name = &e->names[i];
         h->msg_namelen = sizeof e->names[i];
         h->msg_iov = &e->iov[i];
@@ -144,27 +162,42 @@ int ur_engine_recv(ur_engine *e, int fd, unsigned char *arena, ur_meta *meta,
     c->batches++;
     for (i = 0; i < (unsigned)n; i++) {
         struct msghdr *h = &e->msgs[i].msg_hdr;
-        uint32_t len = e->msgs[i].msg_len;
-        ur_meta *m = &meta[out];
+        uint32_t len = e->msgs[i].msg_len, stride, segments, s;
+        ur_meta record;
 
-        c->received++;
         c->bytes += len;
         if (h->msg_flags & MSG_CTRUNC)
             c->ctrunc++;
-        memset(m, 0, sizeof *m);
-        take_control(e, m, h, c);
-        if ((h->msg_flags & MSG_TRUNC) || len > e->max_size) {
-            c->too_long++;
+        memset(&record, 0, sizeof record);
+        /* A merged receive is split into its segments of `stride` bytes
+         * (the last may be shorter); any other datagram is one segment. */
+        stride = take_control(e, &record, h, c);
+        if (stride == 0 || stride >= len)
+            stride = len;
+        else
+            record.segment = (uint16_t)stride;
+        segments = stride ? (len + stride - 1) / stride : 1;
+        c->received += segments;
+        if (h->msg_flags & MSG_TRUNC) {
+            c->too_long += segments;  /* never delivered cut short */
             continue;
         }
-        if (len < e->min_size) {
-            c->too_short++;
-            continue;
+        take_source(&record, &e->names[i]);
+        for (s = 0; s < segments; s++) {
+            uint32_t seglen = s + 1 < segments ? stride : len - s * stride;
+            if (seglen > e->max_size || out == (int)e->max_records) {
+                c->too_long++;
+                continue;
+            }
+            if (seglen < e->min_size) {
+                c->too_short++;
+                continue;
+            }
+            meta[out] = record;
+            meta[out].offset = (uint32_t)(i * e->slot + (size_t)s * stride);
+            meta[out].length = seglen;
+            out++;
         }
-        take_source(m, &e->names[i]);
-        m->offset = (uint32_t)(i * e->slot);
-        m->length = len;
-        out++;
     }
     return out;
 }

@@ -15,7 +15,7 @@ typedef struct ur_meta {
     uint32_t offset;        /* payload start in the arena */
     uint32_t length;        /* payload length */
     uint32_t ifindex;       /* interface the packet arrived on */
-    uint16_t segment;       /* reserved for the UDP GRO segment size, 0 for now */
+    uint16_t segment;       /* GRO segment size of a merged receive, else 0 */
     uint16_t family;        /* AF_INET or AF_INET6 */
     uint16_t src_port;      /* host byte order */
     uint16_t reserved;
@@ -37,6 +37,8 @@ typedef struct ur_counters {
 
 typedef struct ur_engine {
     unsigned batch;         /* messages per recvmmsg call */
+    unsigned max_records;   /* records one receive can yield */
+    int gro;                /* split merged (UDP_GRO) receives */
     size_t slot;            /* arena bytes per message */
     uint32_t min_size, max_size;
     uint32_t last_ovfl;     /* last SO_RXQ_OVFL value seen (wraps) */
@@ -49,16 +51,20 @@ typedef struct ur_engine {
 /* Bytes of control data per message: room for every option we enable at
  * once, so MSG_CTRUNC only ever means a kernel surprise. */
 #define UR_CONTROL_SIZE 256
+/* A merged receive: at most 64 KiB, of at most UDP_MAX_SEGMENTS (128 on
+ * current kernels) segments. */
+#define UR_GRO_BUFFER 65536
+#define UR_MAX_SEGMENTS 128
 
 int ur_engine_init(ur_engine *e, unsigned batch, uint32_t min_size,
-                   uint32_t max_size);
+                   uint32_t max_size, int gro);
 void ur_engine_free(ur_engine *e);
 
 /* Arena bytes one receive needs (batch * slot). */
 size_t ur_engine_arena_size(const ur_engine *e);
 
 /* One non-blocking recvmmsg into `arena`, writing a record per accepted
- * packet into `meta` (room for e->batch records).  Returns the number of
+ * packet (or GRO segment) into `meta` (room for e->max_records).  Returns the number of
  * records, or -errno (-EAGAIN when the queue is empty).  A call that reads
  * only filtered datagrams returns 0. */
 int ur_engine_recv(ur_engine *e, int fd, unsigned char *arena, ur_meta *meta,

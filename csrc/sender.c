@@ -39,7 +39,7 @@ static void put_le64(unsigned char *p, uint64_t v)
 
 int ur_sender_send(ur_sender *s, int fd, const struct sockaddr *dst,
                    unsigned dstlen, const uint32_t *lengths, unsigned count,
-                   int stamp_seq, uint64_t seq)
+                   int stamp_seq, uint64_t seq, uint32_t segment)
 {
     unsigned i, done = 0;
 
@@ -48,8 +48,13 @@ int ur_sender_send(ur_sender *s, int fd, const struct sockaddr *dst,
     for (i = 0; i < count; i++) {
         unsigned char *p = s->payloads + i * s->slot;
         struct msghdr *h = &s->msgs[i].msg_hdr;
-        if (stamp_seq && lengths[i] >= 8)
-            put_le64(p, seq + i);
+        if (stamp_seq && segment) {
+            /* GSO: the kernel cuts the message every `segment` bytes. */
+            for (uint32_t off = 0; off + 8 <= lengths[i]; off += segment)
+                put_le64(p + off, seq++);
+        } else if (stamp_seq && lengths[i] >= 8) {
+            put_le64(p, seq++);
+        }
         s->iov[i].iov_base = p;
         s->iov[i].iov_len = lengths[i];
         memset(h, 0, sizeof *h);

@@ -21,11 +21,14 @@ typedef struct ur_sender {
 int ur_sender_init(ur_sender *s, unsigned batch, size_t slot);
 void ur_sender_free(ur_sender *s);
 
-/* Send datagram i (i < count <= batch) of lengths[i] bytes from payload
- * slot i to `dst` (NULL for a connected socket). With stamp_seq, the first 8 bytes of each carry seq + i
- * (little-endian) first. Returns how many were sent, or -errno. */
+/* Send message i (i < count <= batch) of lengths[i] bytes from payload
+ * slot i to `dst` (NULL for a connected socket). With stamp_seq, the first
+ * 8 bytes of each datagram carry consecutive numbers from `seq`
+ * (little-endian); with `segment` (UDP_SEGMENT set on the socket) a message
+ * is a run of datagrams of that size, each stamped. Returns how many
+ * messages were sent, or -errno. */
 int ur_sender_send(ur_sender *s, int fd, const struct sockaddr *dst,
                    unsigned dstlen, const uint32_t *lengths, unsigned count,
-                   int stamp_seq, uint64_t seq);
+                   int stamp_seq, uint64_t seq, uint32_t segment);
 
 #endif

@@ -140,6 +140,12 @@ cdef class Packet:
         return self._m.ifindex
 
     @property
+    def segment(self):
+        """The GRO segment size when the packet arrived merged with others of
+        its flow (Reader(gro=True)), else 0."""
+        return self._m.segment
+
+    @property
     def timestamp_ns(self):
         """Kernel receive time in nanoseconds since the epoch, or 0."""
         return self._m.timestamp_ns
@@ -204,8 +210,9 @@ cdef class Batch:
 
     Index or iterate for Packets; or work on whole columns with numpy:
     `records` (one structured row per packet), `lengths`, `offsets`,
-    `ifindex`, `src_port`, and `payload` (the arena the offsets point into).
-    The arrays are read-only views; nothing is copied.
+    `ifindex`, `src_port`, `src_addr`, `dst_addr`, `payload` (the arena the
+    offsets point into) and `payloads(width)`. The arrays are read-only
+    views; nothing is copied.
     """
     cdef _Slab _slab
     cdef Py_ssize_t _start
@@ -254,6 +261,16 @@ cdef class Batch:
         return self.records["src_port"]
 
     @property
+    def src_addr(self):
+        """Sender addresses as (n, 16) uint8 rows; IPv4 in the first 4 bytes."""
+        return self.records["src_addr"]
+
+    @property
+    def dst_addr(self):
+        """Destination addresses as (n, 16) uint8 rows; IPv4 in the first 4 bytes."""
+        return self.records["dst_addr"]
+
+    @property
     def payload(self):
         """The receive arena as uint8; packet i is payload[offsets[i]:offsets[i]+lengths[i]]."""
         import numpy
@@ -263,15 +280,26 @@ cdef class Batch:
     def payloads(self, Py_ssize_t width):
         """The first `width` bytes of every packet as an (n, width) uint8 array.
 
-        Raises ValueError if a packet is shorter than `width`.
+        A view without a copy when the payloads are evenly spaced in the
+        arena (no packet filtered out of the batch, or the segments of one
+        merged receive); a compact copy otherwise. Raises ValueError if a
+        packet is shorter than `width`.
         """
         import numpy
-        lengths = self.lengths
+        from numpy.lib.stride_tricks import as_strided
         if width < 0:
             raise ValueError("width must be >= 0")
-        if self._count and lengths.min() < width:
+        lengths, offsets, arena = self.lengths, self.offsets, self.payload
+        if self._count == 0:
+            return numpy.empty((0, width), dtype=numpy.uint8)
+        if lengths.min() < width:
             raise ValueError(f"a packet is shorter than width={width}")
-        return self.payload[self.offsets[:, None] + numpy.arange(width)]
+        steps = numpy.diff(offsets.astype(numpy.int64))
+        if self._count == 1 or (steps[0] > 0 and (steps == steps[0]).all()):
+            step = int(steps[0]) if self._count > 1 else width
+            return as_strided(arena[offsets[0]:], shape=(self._count, width),
+                              strides=(step, 1), writeable=False)
+        return arena[offsets[:, None] + numpy.arange(width)]
 
     def __repr__(self):
         return f"<Batch of {self._count} packets>"
@@ -310,7 +338,7 @@ cdef class Reader:
 
     def __init__(self, address=None, *, int min_size=0, int max_size=65507,
                  int batch_size=64, bint reuseport=True, rcvbuf=None,
-                 bint timestamps=False, fileno=None):
+                 bint timestamps=False, bint gro=False, fileno=None):
         if not 0 <= min_size <= 65535:
             raise ValueError(f"min_size must be within 0..65535, not {min_size}")
         if not 0 <= max_size <= 65535:
@@ -336,7 +364,9 @@ cdef class Reader:
         try:
             if timestamps:
                 sockets.enable_timestamps(sock)
-            if ur_engine_init(&self._engine, batch_size, min_size, max_size) < 0:
+            if gro:
+                gro = sockets.enable_gro(sock)
+            if ur_engine_init(&self._engine, batch_size, min_size, max_size, gro) < 0:
                 raise MemoryError()
             self._engine_ready = True
             # Drops counted before we took the socket are not ours.
@@ -368,7 +398,7 @@ cdef class Reader:
             close(self._wake_fd)
 
     cdef _Slab _new_slab(self):
-        return _Slab(self._engine.batch, ur_engine_arena_size(&self._engine))
+        return _Slab(self._engine.max_records, ur_engine_arena_size(&self._engine))
 
     # -- properties ---------------------------------------------------------
 
@@ -404,6 +434,11 @@ cdef class Reader:
     @property
     def batch_size(self):
         return self._engine.batch
+
+    @property
+    def gro(self):
+        """True when merged (UDP_GRO) receives are on and split here."""
+        return bool(self._engine.gro)
 
     @property
     def closed(self):

@@ -51,9 +51,10 @@ cdef class BatchSender:
     def slot(self):
         return self._s.slot
 
-    def send(self, lengths, bint seq=False, uint64_t first=0):
-        """Send len(lengths) datagrams (at most `batch`); returns how many
-        went (fewer when the socket buffer filled)."""
+    def send(self, lengths, bint seq=False, uint64_t first=0, uint32_t segment=0):
+        """Send len(lengths) messages (at most `batch`); returns how many
+        went (fewer when the socket buffer filled). With `segment` (the
+        socket's UDP_SEGMENT size), each message is a run of datagrams."""
         cdef unsigned count = min(len(lengths), self._s.batch), i
         cdef int n
         cdef int fd = self._sock.fileno()
@@ -62,7 +63,8 @@ cdef class BatchSender:
                 raise ValueError(f"length {lengths[i]} exceeds the slot of {self._s.slot}")
             self._lengths[i] = lengths[i]
         with nogil:
-            n = ur_sender_send(&self._s, fd, NULL, 0, self._lengths, count, seq, first)
+            n = ur_sender_send(&self._s, fd, NULL, 0, self._lengths, count, seq, first,
+                               segment)
         if n < 0:
             raise OSError(-n, f"sendmmsg: {os.strerror(-n)}")
         return n

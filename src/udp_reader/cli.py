@@ -49,13 +49,15 @@ def _add_reader_options(p: argparse.ArgumentParser) -> None:
                    help="datagrams per recvmmsg call, 1..1024 (default 64)")
     p.add_argument("--rcvbuf", type=int, default=None, metavar="BYTES",
                    help="socket receive buffer size")
+    p.add_argument("--no-gro", dest="gro", action="store_false",
+                   help="do not ask the kernel for merged receives (UDP_GRO)")
 
 
 def _open_reader(args: argparse.Namespace, **options) -> Reader:
     try:
         return Reader(args.address, min_size=args.min_size, max_size=args.max_size,
                       batch_size=args.batch_size, rcvbuf=args.rcvbuf,
-                      reuseport=args.reuseport, **options)
+                      reuseport=args.reuseport, gro=args.gro, **options)
     except (ValueError, TypeError, OSError) as e:
         raise UsageError(describe(e)) from None
 
@@ -201,7 +203,7 @@ def cmd_send(args: argparse.Namespace) -> int:
         log.info("sending until Ctrl-C (give --count or --duration to stop by itself)")
     try:
         generator = LoadGenerator(args.address, sizes=parse_sizes(args.size),
-                                  payload=args.payload, flows=args.flows)
+                                  payload=args.payload, flows=args.flows, gso=args.gso)
     except (ValueError, OSError) as e:
         raise UsageError(describe(e)) from None
     try:
@@ -251,7 +253,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         handler=args.handler, bind=args.bind, argv=args.argv, workers=args.workers,
         shared=args.shared, batches=args.batches, min_size=args.min_size,
         max_size=args.max_size, batch_size=args.batch_size, rcvbuf=args.rcvbuf,
-        grace=args.grace, graceful_timeout=args.graceful_timeout,
+        gro=args.gro, grace=args.grace, graceful_timeout=args.graceful_timeout,
         start_timeout=args.start_timeout, pid_file=args.pid_file)
     try:
         return Arbiter(config).run()
@@ -316,6 +318,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="distinct source ports, so SO_REUSEPORT spreads them (default 1)")
     send.add_argument("--payload", default="seq", metavar="seq|random|@FILE",
                       help="seq: an 8-byte little-endian sequence number first (default)")
+    send.add_argument("--gso", action="store_true",
+                      help="send 64 datagrams per system call with UDP_SEGMENT (one --size)")
     send.set_defaults(func=cmd_send)
 
     bench = sub.add_parser(

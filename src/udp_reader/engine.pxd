@@ -25,13 +25,15 @@ cdef extern from "engine.h" nogil:
 
     ctypedef struct ur_engine:
         unsigned batch
+        unsigned max_records
+        int gro
         size_t slot
         uint32_t min_size
         uint32_t max_size
         uint32_t last_ovfl
 
     int ur_engine_init(ur_engine *e, unsigned batch, uint32_t min_size,
-                       uint32_t max_size)
+                       uint32_t max_size, int gro)
     void ur_engine_free(ur_engine *e)
     size_t ur_engine_arena_size(const ur_engine *e)
     int ur_engine_recv(ur_engine *e, int fd, unsigned char *arena,

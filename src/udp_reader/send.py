@@ -12,12 +12,13 @@ import time
 from typing import List, Optional, Tuple
 
 from udp_reader._sender import BatchSender
-from udp_reader.sockets import Address, parse_address
+from udp_reader.sockets import UDP_SEGMENT, Address, parse_address
 
 log = logging.getLogger("udp_reader")
 
 BATCH = 64
 SEQ_BYTES = 8
+GSO_SEGMENTS = 64  # datagrams per GSO message; every kernel with UDP_SEGMENT takes 64
 PAYLOAD_KINDS = ("seq", "random")
 
 
@@ -67,7 +68,7 @@ class LoadGenerator:
     BatchSender whose payload slots are filled once."""
 
     def __init__(self, address: Address, *, sizes: Tuple[int, int] = (64, 64),
-                 payload: str = "seq", flows: int = 1) -> None:
+                 payload: str = "seq", flows: int = 1, gso: bool = False) -> None:
         if flows < 1:
             raise ValueError(f"flows must be at least 1, not {flows}")
         family, sockaddr = destination(address)
@@ -86,13 +87,28 @@ class LoadGenerator:
             raise ValueError(f"payload must be seq, random or @FILE, not {payload!r}")
         if self.seq and sizes[0] < SEQ_BYTES:
             raise ValueError(f"seq payloads need at least {SEQ_BYTES} bytes")
+        # With GSO one message carries `per_message` datagrams of one size,
+        # which the kernel cuts apart (UDP_SEGMENT).
+        self.segment = 0
+        self.per_message = 1
+        if gso:
+            if sizes[0] != sizes[1] or sizes[0] == 0:
+                raise ValueError("GSO sends datagrams of one size: give --size N")
+            self.segment = sizes[0]
+            self.per_message = min(GSO_SEGMENTS, 65507 // self.segment)
         rng = random.Random(0)
         self.lengths = [rng.randint(*sizes) for _ in range(BATCH * 16)]
+        slot = sizes[1] * self.per_message
         self.flows: List[Tuple[socket.socket, BatchSender]] = []
         try:
             for _ in range(flows):
                 sock = socket.socket(family, socket.SOCK_DGRAM)
-                self.flows.append((sock, BatchSender(sock, BATCH, sizes[1])))
+                self.flows.append((sock, BatchSender(sock, BATCH, slot)))
+                if gso:
+                    try:
+                        sock.setsockopt(socket.IPPROTO_UDP, UDP_SEGMENT, self.segment)
+                    except OSError as e:
+                        raise OSError(e.errno, f"GSO (UDP_SEGMENT) refused: {e.strerror}") from None
                 sock.connect(sockaddr)
         except BaseException:
             self.close()
@@ -105,6 +121,14 @@ class LoadGenerator:
             elif payload == "random":
                 view[:] = os.urandom(len(view))
 
+    def _lengths(self, datagrams: int, cursor: int) -> List[int]:
+        """Message lengths that carry `datagrams` datagrams."""
+        if not self.segment:
+            chunk = self.lengths[cursor:cursor + datagrams]
+            return chunk if len(chunk) == datagrams else self.lengths[:datagrams]
+        full, rest = divmod(datagrams, self.per_message)
+        return [self.per_message * self.segment] * full + ([rest * self.segment] if rest else [])
+
     def close(self) -> None:
         for sock, _ in self.flows:
             sock.close()
@@ -115,31 +139,31 @@ class LoadGenerator:
         rate 0 is as fast as the kernel takes them."""
         sent = nbytes = refused = 0
         flow = cursor = 0
-        lengths, flows = self.lengths, self.flows
+        flows, most = self.flows, BATCH * self.per_message
         start = time.monotonic()
         try:
             while count is None or sent < count:
                 now = time.monotonic()
                 if duration is not None and now - start >= duration:
                     break
-                n = BATCH if count is None else min(BATCH, count - sent)
+                n = most if count is None else min(most, count - sent)
                 if rate:
                     due = int((now - start) * rate) + 1 - sent
                     if due <= 0:
                         time.sleep(min(0.001, -due / rate + 1 / rate))
                         continue
                     n = min(n, due)
-                chunk = lengths[cursor:cursor + n]
-                if len(chunk) < n:
+                if cursor + n > len(self.lengths):
                     cursor = 0
-                    chunk = lengths[:n]
+                lengths = self._lengths(n, cursor)
                 try:
-                    done = flows[flow][1].send(chunk, self.seq, sent)
+                    done = flows[flow][1].send(lengths, self.seq, sent, self.segment)
                 except ConnectionRefusedError:
                     refused += 1  # an ICMP error from an earlier send; go on
                     continue
-                sent += done
-                nbytes += sum(chunk[:done])
+                sent_bytes = sum(lengths[:done])
+                sent += sent_bytes // self.segment if self.segment else done
+                nbytes += sent_bytes
                 cursor += n
                 flow = (flow + 1) % len(flows)
         except KeyboardInterrupt:

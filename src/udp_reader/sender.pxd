@@ -16,4 +16,5 @@ cdef extern from "sender.h" nogil:
     void ur_sender_free(ur_sender *s)
     int ur_sender_send(ur_sender *s, int fd, const sockaddr *dst,
                        unsigned dstlen, const uint32_t *lengths,
-                       unsigned count, int stamp_seq, uint64_t seq)
+                       unsigned count, int stamp_seq, uint64_t seq,
+                       uint32_t segment)

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import errno
+import logging
 import socket
 import struct
 from typing import Tuple, Union
 
 Address = Union[str, int, Tuple[str, int]]
+
+log = logging.getLogger("udp_reader")
 
 # Linux ABI values, for the ones the socket module does not name.
 IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
@@ -16,6 +19,8 @@ SO_RXQ_OVFL = getattr(socket, "SO_RXQ_OVFL", 40)
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 SO_MEMINFO = getattr(socket, "SO_MEMINFO", 55)
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
+UDP_GRO = getattr(socket, "UDP_GRO", 104)
+UDP_SEGMENT = getattr(socket, "UDP_SEGMENT", 103)
 _SK_MEMINFO_DROPS = 8
 
 
@@ -127,6 +132,17 @@ def enable_metadata(sock: socket.socket) -> None:
 def enable_timestamps(sock: socket.socket) -> None:
     """Ask for the kernel's receive time of every packet (SO_TIMESTAMPNS)."""
     sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+
+
+def enable_gro(sock: socket.socket) -> bool:
+    """Ask for merged receives (UDP_GRO); False, with a warning, where the
+    kernel refuses (before Linux 5.0)."""
+    try:
+        sock.setsockopt(socket.IPPROTO_UDP, UDP_GRO, 1)
+    except OSError as e:
+        log.warning("UDP_GRO unavailable (%s); receiving without it", e.strerror)
+        return False
+    return True
 
 
 def set_rcvbuf(sock: socket.socket, size: int) -> int:

@@ -63,6 +63,7 @@ class Config:
     max_size: int = 65507
     batch_size: int = 64
     rcvbuf: Optional[int] = None
+    gro: bool = True
     grace: float = 0.05
     graceful_timeout: float = 30.0
     start_timeout: float = 30.0
@@ -272,7 +273,7 @@ class Arbiter:
         config = {
             "handler": c.handler, "batches": c.batches, "fd": slot.sock.fileno(),
             "status_fd": write_end, "min_size": c.min_size, "max_size": c.max_size,
-            "batch_size": c.batch_size, "grace": c.grace,
+            "batch_size": c.batch_size, "gro": c.gro, "grace": c.grace,
             "graceful_timeout": c.graceful_timeout,
             "log_level": logging.getLogger().getEffectiveLevel(),
         }

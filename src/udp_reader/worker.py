@@ -119,7 +119,8 @@ class Worker:
         try:
             handler = load_handler(config["handler"])
             self.reader = Reader(fileno=config["fd"], min_size=config["min_size"],
-                                 max_size=config["max_size"], batch_size=config["batch_size"])
+                                 max_size=config["max_size"], batch_size=config["batch_size"],
+                                 gro=config["gro"])
         except (HandlerError, ValueError, OSError) as e:
             self.report(error=str(e))  # the supervisor tells the operator
             return EXIT_START_FAILED
