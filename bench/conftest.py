@@ -1,9 +1,9 @@
-"""Fill-then-drain throughput harness shared by the benchmarks.
+"""Shared pieces of the benchmark suite, and the ratio report.
 
-Every round queues the same datagrams on one loopback socket first, then
-times only a contender emptying the queue, so the figure is the reader's own
-cost and not the sender's. Ratios of medians against the targets are
-printed at the end of the run.
+Throughput is measured fill-then-drain (see udp_reader.benchmark): every
+round queues the same datagrams on one loopback socket first, then times
+only a contender emptying the queue. Each benchmark records its median in
+one table; at the end of the run the ratios are printed against the targets.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import ctypes
 import pathlib
 import subprocess
 import tempfile
+from typing import Dict, Tuple
 
 import pytest
 
@@ -19,28 +20,45 @@ from udp_reader.benchmark import Queue
 
 HERE = pathlib.Path(__file__).parent
 
+# (group, contender) -> median: seconds for drains and latencies, bytes for memory.
+RESULTS: Dict[Tuple[str, str], float] = {}
+
+# (group prefix, contender, compared with, how, target). "faster": the time of
+# the second over the time of the first, at least target; "slower": the
+# first's over the second's, at most target; "under": the value itself.
+TARGETS = [
+    ("drain", "per_batch", "c_loop", "faster", 0.9),
+    ("drain", "per_packet", "c_loop", "faster", 0.75),
+    ("drain", "per_packet", "py_recvfrom", "faster", 1.8),
+    ("drain", "per_packet", "uvloop", "faster", 1.8),
+    ("drain", "per_packet", "asyncio", "faster", 10),
+    ("drain", "c_loop", "asyncio", "faster", 10),  # what the kernel allows
+    ("gro", "per_batch", "c_loop", "faster", 0.5),
+    ("workers", "two", "one", "faster", 1.6),
+    ("memory", "growth", None, "under", 1 << 20),
+    ("latency", "per_packet", "py_recvfrom", "slower", 1.2),
+]
+
 
 @pytest.fixture(scope="session")
 def c_loop():
-    """drain(fd, count, batch) from bench/c_loop.c, compiled for this run."""
+    """drain(fd, count, batch) and drain_gro(fd, segments, batch) from
+    bench/c_loop.c, compiled for this run."""
     out = pathlib.Path(tempfile.mkdtemp()) / "c_loop.so"
     subprocess.run(["cc", "-O2", "-shared", "-fPIC", "-o", str(out),
                     str(HERE / "c_loop.c")], check=True)
     lib = ctypes.CDLL(str(out))
-    lib.drain.argtypes = [ctypes.c_int, ctypes.c_long, ctypes.c_int]
-    lib.drain.restype = ctypes.c_long
-    return lib.drain
-
-
-_medians: dict[tuple[str, str], float] = {}
+    for fn in (lib.drain, lib.drain_gro):
+        fn.argtypes = [ctypes.c_int, ctypes.c_long, ctypes.c_int]
+        fn.restype = ctypes.c_long
+    return lib
 
 
 @pytest.fixture
 def measure(benchmark, request):
-    """Run `drain(queue)` over freshly filled queues and record its median."""
+    """Time `prepare(queue)()` over freshly filled queues; record the median."""
 
     def run(queue: Queue, prepare, rounds: int = 7) -> None:
-        """`prepare(queue)` returns the drain to time, after the queue is filled."""
         drains = []
 
         def setup():
@@ -49,36 +67,35 @@ def measure(benchmark, request):
             return (), {}
 
         benchmark.pedantic(lambda: drains.pop()(), setup=setup, rounds=rounds)
-        group = benchmark.group or ""
-        contender = request.node.callspec.params.get("contender", request.node.name)
-        _medians[(group, contender)] = benchmark.stats.stats.median
+        record(benchmark.group, request.node.callspec.params["contender"],
+               benchmark.stats.stats.median)
         benchmark.extra_info["packets_per_second"] = queue.count / benchmark.stats.stats.median
 
     return run
 
 
-# (group prefix, contender, compared with, target ratio of speeds)
-TARGETS = [
-    ("drain", "per_batch", "c_loop", 0.9),
-    ("drain", "per_packet", "c_loop", 0.75),
-    ("drain", "per_packet", "py_recvfrom", 1.8),
-    ("drain", "per_packet", "uvloop", 1.8),
-    ("drain", "per_packet", "asyncio", 10),
-]
+def record(group: str, contender: str, value: float) -> None:
+    RESULTS[(group, contender)] = value
 
 
 def pytest_terminal_summary(terminalreporter):
-    if not _medians:
+    if not RESULTS:
         return
     tr = terminalreporter
-    tr.section("udp-reader ratios (speed, from medians)")
-    groups = sorted({g for g, _ in _medians})
-    for group in groups:
-        row = {c: m for (g, c), m in _medians.items() if g == group}
-        for prefix, a, b, target in TARGETS:
-            if group.startswith(prefix) and a in row and b in row:
-                ratio = row[b] / row[a]
-                verdict = "ok" if ratio >= target else "MISSED"
-                tr.write_line(f"{group:24} {a} / {b} = {ratio:5.2f}  (target >= {target}) {verdict}")
-        for contender, median in sorted(row.items()):
-            tr.write_line(f"{group:24} {contender:14} median {median * 1e3:8.2f} ms")
+    tr.section("udp-reader targets (ratios of medians)")
+    for group in sorted({g for g, _ in RESULTS}):
+        row = {c: v for (g, c), v in RESULTS.items() if g == group}
+        for prefix, a, b, how, target in TARGETS:
+            if not group.startswith(prefix) or a not in row or (b and b not in row):
+                continue
+            if how == "faster":
+                value, ok, sign = row[b] / row[a], row[b] / row[a] >= target, ">="
+                text = f"{a} vs {b}: {value:5.2f}x"
+            elif how == "slower":
+                value, ok, sign = row[a] / row[b], row[a] / row[b] <= target, "<="
+                text = f"{a} / {b}: {value:5.2f}x"
+            else:
+                value, ok, sign = row[a], row[a] < target, "<"
+                text = f"{a}: {value:,.0f}"
+            tr.write_line(f"{group:16} {text:34} (target {sign} {target:,}) "
+                          f"{'ok' if ok else 'MISSED'}")

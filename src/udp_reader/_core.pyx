@@ -602,12 +602,18 @@ cdef class Reader:
 
     cdef _deliver_packets(self, on_packet):
         cdef _Slab slab = self._slab
+        cdef Packet packet = None
         cdef Py_ssize_t i
         while self._pending_next < self._pending_end and not self._stopping:
             i = self._pending_next
             self._pending_next = i + 1
             self._delivered += 1
-            on_packet(_packet(slab, i))
+            # A Packet the callback did not keep is ours alone: reuse it.
+            if packet is None or Py_REFCNT(packet) > 1:
+                packet = _packet(slab, i)
+            else:
+                packet._m = &slab.meta[i]
+            on_packet(packet)
 
     cdef _end(self):
         cdef uint64_t value

@@ -25,16 +25,22 @@ Drain = Callable[[], None]
 class Queue:
     """A loopback UDP socket that can be filled with `count` datagrams."""
 
-    def __init__(self, count: int, size: int, family: int = socket.AF_INET) -> None:
+    def __init__(self, count: int, size: int, family: int = socket.AF_INET,
+                 gso: bool = False) -> None:
+        """With gso=True the queue is filled through UDP_SEGMENT and the
+        socket merges receives (UDP_GRO)."""
         host = "127.0.0.1" if family == socket.AF_INET else "::1"
         self.count = count
         self.size = size
+        self.gso = gso
         self.sock = socket.socket(family, socket.SOCK_DGRAM)
         self.sock.bind((host, 0))
         sockets.enable_metadata(self.sock)
         sockets.set_rcvbuf(self.sock, RCVBUF)
+        if gso:
+            sockets.enable_gro(self.sock)
         self.address = self.sock.getsockname()[:2]
-        self.sender = LoadGenerator(self.address, sizes=(size, size), payload="random")
+        self.sender = LoadGenerator(self.address, sizes=(size, size), payload="random", gso=gso)
 
     def fill(self) -> None:
         drops = sockets.kernel_drops(self.sock)
@@ -48,7 +54,7 @@ class Queue:
 
 
 def reader_per_packet(queue: Queue) -> Drain:
-    reader = Reader.from_socket(queue.sock)
+    reader = Reader.from_socket(queue.sock, gro=queue.gso)
     left = queue.count
 
     def on_packet(packet):
@@ -64,7 +70,7 @@ def reader_per_packet(queue: Queue) -> Drain:
 
 
 def reader_per_batch(queue: Queue) -> Drain:
-    reader = Reader.from_socket(queue.sock)
+    reader = Reader.from_socket(queue.sock, gro=queue.gso)
     left = queue.count
 
     def on_batch(batch):
