@@ -63,24 +63,41 @@ size_t ur_engine_arena_size(const ur_engine *e)
 
 /* Fill family, src, src_port from the sender's name; an IPv4-mapped IPv6
  * source (dual-stack socket) is reported as plain IPv4. */
-static void take_source(ur_meta *m, const struct sockaddr_storage *name)
+static void take_source(ur_meta *m, const void *name, size_t namelen)
 {
-    if (name->ss_family == AF_INET) {
-        const struct sockaddr_in *sin = (const struct sockaddr_in *)name;
+    sa_family_t family;
+
+    if (namelen < sizeof family)
+        return;
+    memcpy(&family, name, sizeof family);
+    if (family == AF_INET && namelen >= sizeof(struct sockaddr_in)) {
+        struct sockaddr_in sin;
+        memcpy(&sin, name, sizeof sin);
         m->family = AF_INET;
-        m->src_port = ntohs(sin->sin_port);
-        memcpy(m->src, &sin->sin_addr, 4);
-    } else if (name->ss_family == AF_INET6) {
-        const struct sockaddr_in6 *sin6 = (const struct sockaddr_in6 *)name;
-        m->src_port = ntohs(sin6->sin6_port);
-        if (IN6_IS_ADDR_V4MAPPED(&sin6->sin6_addr)) {
+        m->src_port = ntohs(sin.sin_port);
+        memcpy(m->src, &sin.sin_addr, 4);
+    } else if (family == AF_INET6 && namelen >= sizeof(struct sockaddr_in6)) {
+        struct sockaddr_in6 sin6;
+        memcpy(&sin6, name, sizeof sin6);
+        m->src_port = ntohs(sin6.sin6_port);
+        if (IN6_IS_ADDR_V4MAPPED(&sin6.sin6_addr)) {
             m->family = AF_INET;
-            memcpy(m->src, &sin6->sin6_addr.s6_addr[12], 4);
+            memcpy(m->src, &sin6.sin6_addr.s6_addr[12], 4);
         } else {
             m->family = AF_INET6;
-            memcpy(m->src, &sin6->sin6_addr, 16);
+            memcpy(m->src, &sin6.sin6_addr, 16);
         }
     }
+}
+
+/* True when `size` bytes of data of `cm` lie inside the control buffer:
+ * the kernel never says otherwise, but nothing here trusts a length. */
+static int cmsg_holds(const struct msghdr *h, const struct cmsghdr *cm,
+                      size_t size)
+{
+    const unsigned char *end = (const unsigned char *)h->msg_control +
+                               h->msg_controllen;
+    return cm->cmsg_len >= CMSG_LEN(size) && CMSG_DATA(cm) + size <= end;
 }
 
 /* Read the control messages of one datagram into its record; returns the
@@ -92,14 +109,14 @@ static uint32_t take_control(ur_engine *e, ur_meta *m, struct msghdr *h,
     uint32_t segment = 0;
     for (cm = CMSG_FIRSTHDR(h); cm; cm = CMSG_NXTHDR(h, cm)) {
         if (cm->cmsg_level == IPPROTO_IP && cm->cmsg_type == IP_PKTINFO &&
-            cm->cmsg_len >= CMSG_LEN(sizeof(struct in_pktinfo))) {
+            cmsg_holds(h, cm, sizeof(struct in_pktinfo))) {
             struct in_pktinfo pi;
             memcpy(&pi, CMSG_DATA(cm), sizeof pi);
             memcpy(m->dst, &pi.ipi_addr, 4);
             m->ifindex = (uint32_t)pi.ipi_ifindex;
         } else if (cm->cmsg_level == IPPROTO_IPV6 &&
                    cm->cmsg_type == IPV6_PKTINFO &&
-                   cm->cmsg_len >= CMSG_LEN(sizeof(struct in6_pktinfo))) {
+                   cmsg_holds(h, cm, sizeof(struct in6_pktinfo))) {
             struct in6_pktinfo pi;
             memcpy(&pi, CMSG_DATA(cm), sizeof pi);
             if (IN6_IS_ADDR_V4MAPPED(&pi.ipi6_addr))
@@ -109,20 +126,20 @@ static uint32_t take_control(ur_engine *e, ur_meta *m, struct msghdr *h,
             m->ifindex = pi.ipi6_ifindex;
         } else if (cm->cmsg_level == SOL_SOCKET &&
                    cm->cmsg_type == SCM_TIMESTAMPNS &&
-                   cm->cmsg_len >= CMSG_LEN(sizeof(struct timespec))) {
+                   cmsg_holds(h, cm, sizeof(struct timespec))) {
             struct timespec ts;
             memcpy(&ts, CMSG_DATA(cm), sizeof ts);
             m->timestamp_ns = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
         } else if (cm->cmsg_level == SOL_SOCKET &&
                    cm->cmsg_type == SO_RXQ_OVFL &&
-                   cm->cmsg_len >= CMSG_LEN(sizeof(uint32_t))) {
+                   cmsg_holds(h, cm, sizeof(uint32_t))) {
             uint32_t drops;
             memcpy(&drops, CMSG_DATA(cm), sizeof drops);
             /* Cumulative and wrapping: add the unsigned difference. */
             c->kernel_drops += (uint32_t)(drops - e->last_ovfl);
             e->last_ovfl = drops;
         } else if (cm->cmsg_level == SOL_UDP && cm->cmsg_type == UDP_GRO &&
-                   cm->cmsg_len >= CMSG_LEN(sizeof(int))) {
+                   cmsg_holds(h, cm, sizeof(int))) {
             int size;
             memcpy(&size, CMSG_DATA(cm), sizeof size);
             if (size > 0)
@@ -130,6 +147,50 @@ static uint32_t take_control(ur_engine *e, ur_meta *m, struct msghdr *h,
         }
     }
     return segment;
+}
+
+/* Count one received datagram and add a record per accepted segment at
+ * meta[out..]; its payload starts `base` bytes into the arena. A merged
+ * receive is split into segments of the UDP_GRO size (the last may be
+ * shorter); any other datagram is one segment. Returns the new `out`. */
+static int take_message(ur_engine *e, struct msghdr *h, uint32_t len,
+                        size_t base, ur_meta *meta, int out, ur_counters *c)
+{
+    uint32_t stride, segments, s;
+    ur_meta record;
+
+    c->bytes += len;
+    if (h->msg_flags & MSG_CTRUNC)
+        c->ctrunc++;
+    memset(&record, 0, sizeof record);
+    stride = take_control(e, &record, h, c);
+    if (stride == 0 || stride >= len)
+        stride = len;
+    else
+        record.segment = (uint16_t)stride;
+    segments = stride ? (len + stride - 1) / stride : 1;
+    c->received += segments;
+    if ((h->msg_flags & MSG_TRUNC) || len > h->msg_iov[0].iov_len) {
+        c->too_long += segments;  /* never delivered cut short */
+        return out;
+    }
+    take_source(&record, h->msg_name, h->msg_namelen);
+    for (s = 0; s < segments; s++) {
+        uint32_t seglen = s + 1 < segments ? stride : len - s * stride;
+        if (seglen > e->max_size || out == (int)e->max_records) {
+            c->too_long++;
+            continue;
+        }
+        if (seglen < e->min_size) {
+            c->too_short++;
+            continue;
+        }
+        meta[out] = record;
+        meta[out].offset = (uint32_t)(base + (size_t)s * stride);
+        meta[out].length = seglen;
+        out++;
+    }
+    return out;
 }
 
 int ur_engine_recv(ur_engine *e, int fd, unsigned char *arena, ur_meta *meta,
@@ -160,45 +221,39 @@ int ur_engine_recv(ur_engine *e, int fd, unsigned char *arena, ur_meta *meta,
         return -errno;
 
     c->batches++;
-    for (i = 0; i < (unsigned)n; i++) {
-        struct msghdr *h = &e->msgs[i].msg_hdr;
-        uint32_t len = e->msgs[i].msg_len, stride, segments, s;
-        ur_meta record;
+    for (i = 0; i < (unsigned)n; i++)
+        out = take_message(e, &e->msgs[i].msg_hdr, e->msgs[i].msg_len,
+                           i * e->slot, meta, out, c);
+    return out;
+}
 
-        c->bytes += len;
-        if (h->msg_flags & MSG_CTRUNC)
-            c->ctrunc++;
-        memset(&record, 0, sizeof record);
-        /* A merged receive is split into its segments of `stride` bytes
-         * (the last may be shorter); any other datagram is one segment. */
-        stride = take_control(e, &record, h, c);
-        if (stride == 0 || stride >= len)
-            stride = len;
-        else
-            record.segment = (uint16_t)stride;
-        segments = stride ? (len + stride - 1) / stride : 1;
-        c->received += segments;
-        if (h->msg_flags & MSG_TRUNC) {
-            c->too_long += segments;  /* never delivered cut short */
-            continue;
-        }
-        take_source(&record, &e->names[i]);
-        for (s = 0; s < segments; s++) {
-            uint32_t seglen = s + 1 < segments ? stride : len - s * stride;
-            if (seglen > e->max_size || out == (int)e->max_records) {
-                c->too_long++;
-                continue;
-            }
-            if (seglen < e->min_size) {
-                c->too_short++;
-                continue;
-            }
-            meta[out] = record;
-            meta[out].offset = (uint32_t)(i * e->slot + (size_t)s * stride);
-            meta[out].length = seglen;
-            out++;
-        }
+int ur_engine_feed(ur_engine *e, const unsigned char *control,
+                   size_t controllen, const unsigned char *name,
+                   size_t namelen, uint32_t len, int flags, ur_meta *meta,
+                   ur_counters *c)
+{
+    /* Exact-size copies, so a sanitizer sees any read past what was given. */
+    unsigned char *ctl = malloc(controllen ? controllen : 1);
+    unsigned char *nm = malloc(namelen ? namelen : 1);
+    struct iovec iov = {.iov_base = NULL, .iov_len = e->gro ? e->slot : e->max_size};
+    struct msghdr h = {0};
+    int out = -ENOMEM;
+
+    if (ctl && nm) {
+        memcpy(ctl, control, controllen);
+        memcpy(nm, name, namelen);
+        h.msg_name = nm;
+        h.msg_namelen = (socklen_t)namelen;
+        h.msg_iov = &iov;
+        h.msg_iovlen = 1;
+        h.msg_control = ctl;
+        h.msg_controllen = controllen;
+        h.msg_flags = flags;
+        c->batches++;
+        out = take_message(e, &h, len, 0, meta, 0, c);
     }
+    free(ctl);
+    free(nm);
     return out;
 }
 

@@ -70,6 +70,15 @@ size_t ur_engine_arena_size(const ur_engine *e);
 int ur_engine_recv(ur_engine *e, int fd, unsigned char *arena, ur_meta *meta,
                    ur_counters *c);
 
+/* Test entry: the per-datagram work of ur_engine_recv (control messages,
+ * source, GRO split, length filter) on arbitrary bytes, as if a receive
+ * had returned them, with the payload at arena offset 0. Returns the
+ * number of records, or -ENOMEM. */
+int ur_engine_feed(ur_engine *e, const unsigned char *control,
+                   size_t controllen, const unsigned char *name,
+                   size_t namelen, uint32_t len, int flags, ur_meta *meta,
+                   ur_counters *c);
+
 /* Block until `fd` is readable or `wake_fd` is signalled, at most
  * timeout_ms.  Returns 1 when fd is readable, 0 otherwise, or -errno. */
 int ur_wait(int fd, int wake_fd, int timeout_ms);

@@ -665,3 +665,37 @@ cdef class Reader:
             if r < 0 and r != -EINTR:
                 raise OSError(-r, f"poll: {os.strerror(-r)}")
         return False
+
+
+def _engine_feed(bytes control, bytes name, uint32_t length, int flags, *,
+                 int min_size=0, int max_size=65507, bint gro=False):
+    """Test-only: the engine's per-datagram parsing on arbitrary bytes.
+
+    Returns (records, counters): records as dicts of offset, length, segment,
+    family, src_port, ifindex; counters as a dict."""
+    cdef ur_engine engine
+    cdef ur_counters c
+    cdef ur_meta *meta
+    cdef int n, i
+    memset(&c, 0, sizeof(c))
+    if ur_engine_init(&engine, 1, min_size, max_size, gro) < 0:
+        raise MemoryError()
+    meta = <ur_meta *>malloc(engine.max_records * sizeof(ur_meta))
+    try:
+        if meta == NULL:
+            raise MemoryError()
+        n = ur_engine_feed(&engine, control, len(control), name, len(name), length,
+                           flags, meta, &c)
+        if n < 0:
+            raise MemoryError()
+        records = [{"offset": meta[i].offset, "length": meta[i].length,
+                    "segment": meta[i].segment, "family": meta[i].family,
+                    "src_port": meta[i].src_port, "ifindex": meta[i].ifindex}
+                   for i in range(n)]
+        return records, {"received": c.received, "too_short": c.too_short,
+                         "too_long": c.too_long, "ctrunc": c.ctrunc,
+                         "kernel_drops": c.kernel_drops, "bytes": c.bytes,
+                         "buffer": engine.slot if gro else max_size}
+    finally:
+        free(meta)
+        ur_engine_free(&engine)

@@ -38,4 +38,8 @@ cdef extern from "engine.h" nogil:
     size_t ur_engine_arena_size(const ur_engine *e)
     int ur_engine_recv(ur_engine *e, int fd, unsigned char *arena,
                        ur_meta *meta, ur_counters *c)
+    int ur_engine_feed(ur_engine *e, const unsigned char *control,
+                       size_t controllen, const unsigned char *name,
+                       size_t namelen, uint32_t len, int flags, ur_meta *meta,
+                       ur_counters *c)
     int ur_wait(int fd, int wake_fd, int timeout_ms)

@@ -225,7 +225,7 @@ class Arbiter:
                 if sig == signal.SIGHUP:
                     self._rolling_restart()
                 elif sig == signal.SIGTTIN:
-                    self._try_start_worker(self._slot_for_new_worker())
+                    self._try_start_worker()
                     systemd.notify(self._status())
                 elif sig == signal.SIGTTOU:
                     self._remove_one()
@@ -281,6 +281,9 @@ class Arbiter:
         try:
             proc = subprocess.Popen([sys.executable, "-m", "udp_reader.worker"], env=env,
                                     pass_fds=(slot.sock.fileno(), write_end))
+        except BaseException:
+            os.close(read_end)
+            raise
         finally:
             os.close(write_end)
         os.set_blocking(read_end, False)
@@ -311,11 +314,17 @@ class Arbiter:
         log.info("worker %d ready", worker.pid)
         return worker
 
-    def _try_start_worker(self, slot: Slot) -> bool:
+    def _try_start_worker(self, slot: Optional[Slot] = None) -> bool:
+        """Start a worker on `slot` (by default a new one); on failure say
+        why and carry on with the workers that run."""
         try:
-            self._start_worker(slot)
+            self._start_worker(slot or self._slot_for_new_worker())
         except WorkerStartFailed as e:
             log.error("%s; the running workers carry on", e)
+            return False
+        except OSError as e:  # descriptors or processes ran out, for one
+            log.error("cannot start a worker: %s; the running workers carry on",
+                      e.strerror or e)
             return False
         return True
 
@@ -337,7 +346,7 @@ class Arbiter:
         systemd.notify_reloading()
         log.info("rolling restart of %d worker(s)", len(self._serving()))
         for old in self._serving():
-            if not self._try_start_worker(self._slot_for_new_worker()):
+            if not self._try_start_worker():
                 log.error("rolling restart aborted")
                 break
             self._leave(old)
