@@ -31,6 +31,17 @@ COUNTERS = ("NoPorts", "RcvbufErrors", "InErrors")
 DEADLINE = 60.0  # no step of a scenario waits longer
 
 
+def activator_env(**extra: str) -> list:
+    """-E options for systemd-socket-activate, which starts its service with
+    an empty environment: the variables given, and those a sanitizer build
+    of the tests needs."""
+    options = [f"-E{name}={value}" for name, value in extra.items()]
+    for name in ("LD_PRELOAD", "ASAN_OPTIONS", "UBSAN_OPTIONS"):
+        if name in os.environ:
+            options.append(f"-E{name}={os.environ[name]}")
+    return options
+
+
 def udp_counters() -> dict:
     with open("/proc/net/snmp") as f:
         rows = [line.split() for line in f if line.startswith("Udp:")]
@@ -209,8 +220,8 @@ def scenario(name: str, h: Harness, restarts: int, seconds: float) -> dict:
         return facts
     elif name == "systemd":
         activate = ["systemd-socket-activate", "--datagram", "-l", f"127.0.0.1:{PORT}",
-                    "-E", f"RECORD_DIR={h.dir}", "-E", f"NOTIFY_SOCKET={h.notify.path}",
-                    "-E", f"PYTHONPATH={h.env['PYTHONPATH']}"]
+                    *activator_env(RECORD_DIR=h.dir, NOTIFY_SOCKET=h.notify.path,
+                                   PYTHONPATH=h.env["PYTHONPATH"])]
         master = h.serve("--workers", "2", prefix=activate, bind=False)
         time.sleep(0.5)
         h.sender.send_first()  # the first datagram starts the service

@@ -12,6 +12,7 @@ import pytest
 
 from conftest import DEADLINE, collect, send
 from udp_reader import Reader, systemd
+from restart_harness import activator_env
 from udp_reader.handoff import (HandoffServer, export_for_exec, fetch_sockets,
                                 private_path)
 
@@ -134,7 +135,7 @@ def test_systemd_socket_activation():
         port = probe.getsockname()[1]
     proc = subprocess.Popen(
         ["systemd-socket-activate", "--datagram", "-l", f"127.0.0.1:{port}",
-         "--fdname=metrics", sys.executable, "-c", ACTIVATED],
+         "--fdname=metrics", *activator_env(), sys.executable, "-c", ACTIVATED],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         # The activator binds, then starts the service on the first datagram.
@@ -148,6 +149,7 @@ def test_systemd_socket_activation():
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+    assert out.strip(), err
     assert json.loads(out.strip().splitlines()[-1]) == [1, "metrics", "activated"], err
 
 

@@ -116,6 +116,10 @@ class Worker:
                           (signal.SIGINT, "fast"), (signal.SIGQUIT, "fast")):
             signal.signal(sig, lambda *_, m=mode: self.leave(m))
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        if config["batches"]:
+            # Batch columns are numpy arrays: import it before saying ready,
+            # not on the first batch (a shared queue may have no other reader).
+            import numpy  # noqa: F401
         try:
             handler = load_handler(config["handler"])
             self.reader = Reader(fileno=config["fd"], min_size=config["min_size"],
