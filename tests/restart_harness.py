@@ -14,6 +14,7 @@ import argparse
 import glob
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -130,12 +131,16 @@ class Harness:
         self.sender = Sender(rate)
         self.masters = []
 
-    def serve(self, *extra: str, prefix=(), handler="recorder:on_batch", bind=True):
-        args = [sys.executable, "-m", "udp_reader", "-q", "serve", handler, "--batches",
-                "--rcvbuf", str(8 << 20), *extra]
+    def serve(self, *extra: str, prefix=(), handler="recorder:on_batch", bind=True, log=None):
+        """Start a master; with `log`, its stderr (at log level INFO) goes to that file."""
+        args = [sys.executable, "-m", "udp_reader", "-q" if log is None else "-v", "serve",
+                handler, "--batches", "--rcvbuf", str(8 << 20), *extra]
         if bind:
             args += ["--bind", f"127.0.0.1:{PORT}"]
-        proc = subprocess.Popen([*prefix, *args], env=self.env, cwd=HERE)
+        stderr = open(log, "w") if log else None
+        proc = subprocess.Popen([*prefix, *args], env=self.env, cwd=HERE, stderr=stderr)
+        if stderr:
+            stderr.close()
         self.masters.append(proc)
         return proc
 
@@ -168,6 +173,25 @@ def scenario(name: str, h: Harness, restarts: int, seconds: float) -> dict:
             h.notify.ready()
             times.append(time.monotonic() - t)
         facts["restart_seconds"] = times
+    elif name == "kill":  # a worker SIGKILLed under load, on a small receive buffer
+        log = os.path.join(h.dir, "master.log")
+        master = h.serve("--workers", "2", "--rcvbuf", "200000", log=log)
+        h.notify.ready()
+        h.sender.start()
+        time.sleep(0.5)
+        with open(log) as f:
+            victim = int(re.search(r"worker (\d+) ready", f.read()).group(1))
+        os.kill(victim, signal.SIGKILL)
+        h.notify.status("2 workers")  # replaced
+        time.sleep(0.5)
+        h.sender.stop()
+        master.send_signal(signal.SIGTERM)
+        master.wait(DEADLINE)
+        with open(log) as f:
+            text = f.read()
+        facts["reported_drops"] = sum(int(n) for n in re.findall(r"kernel dropped (\d+)", text))
+        facts["master_exit"] = master.returncode
+        return facts
     elif name == "steady":  # no restarts: the rate the machine sustains
         master = h.serve("--workers", "2")
         h.notify.ready()

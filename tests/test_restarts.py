@@ -76,3 +76,16 @@ def test_term_while_sending_delivers_everything_sent_before_the_stop():
     assert r["unique"] == r["highest"] + 1 > 0
     assert r["counters"]["NoPorts"] == r["missing"]
     assert r["counters"]["RcvbufErrors"] == r["counters"]["InErrors"] == 0
+
+
+def test_killed_worker_loss_is_what_the_kernel_counted():
+    # A small receive buffer, so the dead worker's queue overflows before
+    # its replacement is ready; the master reports exactly those drops.
+    r = run_scenario("kill")
+    assert r["master_exit"] == 0
+    assert r["duplicates"] == 0 and r["outside"] == 0
+    assert r["reported_drops"] == r["counters"]["RcvbufErrors"]
+    # Lost: what the kernel dropped, and at most one receive the dead
+    # worker had taken but not handled.
+    assert 0 <= r["missing"] - r["reported_drops"] <= 64
+    assert r["counters"]["NoPorts"] == 0

@@ -160,12 +160,24 @@ def set_rcvbuf(sock: socket.socket, size: int) -> int:
     return sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
 
 
+def meminfo(sock: socket.socket) -> Tuple[int, ...]:
+    """The socket's SO_MEMINFO counters (see sock_diag(7)): queued bytes at
+    index 0, the receive buffer at 1, drops at 8; empty where unsupported."""
+    size = 4 * (_SK_MEMINFO_DROPS + 1)
+    try:
+        raw = sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, size)
+    except OSError:
+        return ()
+    return struct.unpack(f"{len(raw) // 4}I", raw)
+
+
 def kernel_drops(sock: socket.socket) -> int:
     """The socket's cumulative drop counter (the value SO_RXQ_OVFL reports)."""
-    try:
-        raw = sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, 4 * (_SK_MEMINFO_DROPS + 1))
-    except OSError:
-        return 0
-    if len(raw) < 4 * (_SK_MEMINFO_DROPS + 1):
-        return 0
-    return struct.unpack_from("I", raw, 4 * _SK_MEMINFO_DROPS)[0]
+    info = meminfo(sock)
+    return info[_SK_MEMINFO_DROPS] if len(info) > _SK_MEMINFO_DROPS else 0
+
+
+def queue_filling(sock: socket.socket) -> bool:
+    """True while the receive queue is over half full (drops may follow)."""
+    info = meminfo(sock)
+    return len(info) > 1 and info[0] * 2 > info[1]

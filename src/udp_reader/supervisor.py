@@ -106,6 +106,7 @@ class Arbiter:
         self.successor: Optional[subprocess.Popen] = None
         self.handed_off = False     # a successor reads our very sockets
         self.totals: collections.Counter = collections.Counter()
+        self.loss_watch: List[tuple] = []  # (slot, its drops when its worker died)
         self.address = ""
 
     # -- start and stop --------------------------------------------------------
@@ -216,8 +217,9 @@ class Arbiter:
 
     def _loop(self) -> int:
         while True:
-            self._poll(1.0)
+            self._poll(0.1 if self.loss_watch else 1.0)
             self._reap()
+            self._report_losses()
             while self.signals:
                 sig = self.signals.popleft()
                 if sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
@@ -375,13 +377,24 @@ class Arbiter:
                               _exit_reason(code))
                 continue
             # An unexpected death: the master's copy kept the socket and its
-            # queue; a replacement takes over the same socket.
-            drops = worker.slot.drops()
+            # queue; a replacement takes over the same socket. What the
+            # kernel drops meanwhile is reported once the queue is no
+            # longer full (see _report_losses).
+            self.loss_watch.append((worker.slot, worker.slot.drops()))
             log.error("worker %d died (%s); replacing it", worker.pid, _exit_reason(code))
-            if self._try_start_worker(worker.slot):
-                lost = worker.slot.drops() - drops
-                log.warning("the kernel dropped %d datagram(s) on that socket before the "
-                            "replacement was ready", lost)
+            self._try_start_worker(worker.slot)
+            systemd.notify(self._status())
+
+    def _report_losses(self, final: bool = False) -> None:
+        """Log the kernel's drops on the sockets of dead workers, from the
+        death until a replacement has emptied the queue below half."""
+        for entry in list(self.loss_watch):
+            slot, before = entry
+            if not final and (not slot.workers or sockets.queue_filling(slot.sock)):
+                continue
+            log.warning("the kernel dropped %d datagram(s) on the socket of a dead worker "
+                        "while it had no reader", slot.drops() - before)
+            self.loss_watch.remove(entry)
 
     def _unwatch(self, worker: WorkerProcess) -> None:
         if worker.status in self.selector.get_map():
@@ -418,6 +431,7 @@ class Arbiter:
             worker.proc.kill()
             worker.proc.wait()
             self._forget(worker)
+        self._report_losses(final=True)
         t = self.totals
         log.info("stopped: %d received, %d delivered, %d filtered, %d kernel drops",
                  t["received"], t["delivered"], t["too_short"] + t["too_long"],

@@ -1,0 +1,114 @@
+"""Faults: a stalling callback, a callback that raises mid-batch, and
+running out of descriptors."""
+
+import os
+import resource
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from conftest import DEADLINE, collect, send
+from test_serve import Server, recorded
+from udp_reader import Reader
+
+
+def test_stalling_callback_overflow_is_counted_exactly():
+    with Reader("127.0.0.1:0", rcvbuf=8192) as reader:
+        sent = 0
+        got = []
+
+        def stall(packet):
+            nonlocal sent
+            got.append(packet.data)
+            if len(got) == 1:
+                # The handler stalls while the queue overflows behind it.
+                sent += send(reader.address, [b"x" * 200] * 300)
+            if len(got) == 2:
+                reader.stop()
+
+        sent += send(reader.address, [b"first"])
+        reader.run(stall)
+        got += collect(reader, sent, keep=lambda p: p.data, deadline=1.0)
+        sent += send(reader.address, [b"last"])  # carries the final drop count
+        got += collect(reader, 1)
+        stats = reader.stats
+    assert stats.kernel_drops > 0
+    assert stats.kernel_drops == sent - stats.received
+    assert stats.received == len(got)
+
+
+def test_batch_callback_that_raises_loses_nothing_and_repeats_nothing():
+    # Policy: a batch handed to on_batch counts as delivered, whatever the
+    # callback does with it; the next run goes on with the next receive.
+    with Reader("127.0.0.1:0", batch_size=4) as reader:
+        send(reader.address, [b"%d" % i for i in range(8)])
+        seen = []
+
+        def fragile(batch):
+            seen.extend(p.data for p in batch)
+            if len(seen) == 4:
+                raise RuntimeError("boom")
+
+        with pytest.raises(RuntimeError):
+            reader.run_batches(fragile)
+        assert reader.stats.delivered == 4
+        assert collect(reader, 4, batches=True) == [b"4", b"5", b"6", b"7"]
+    assert seen == [b"0", b"1", b"2", b"3"]
+
+
+EXHAUST = textwrap.dedent("""
+    import os, resource
+    from udp_reader import Reader
+    resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+    before = len(os.listdir("/proc/self/fd"))
+    readers = []
+    try:
+        while True:
+            readers.append(Reader("127.0.0.1:0"))
+    except OSError as e:
+        print("refused:", e.strerror)
+    for r in readers:
+        r.close()
+    print("readers:", len(readers) > 5, "leaked:", len(os.listdir("/proc/self/fd")) - before)
+""")
+
+
+def test_descriptor_exhaustion_is_a_clear_error_and_leaks_nothing():
+    result = subprocess.run([sys.executable, "-c", EXHAUST], capture_output=True, text=True,
+                            timeout=DEADLINE)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert "Too many open files" in lines[0]
+    assert lines[1] == "readers: True leaked: 0"
+
+
+def test_serve_out_of_descriptors_keeps_its_workers(tmp_path):
+    server = Server("flaky:on_packet", record_dir=str(tmp_path))
+    server.wait_for("serving")
+    pid = server.proc.pid
+    in_use = len(os.listdir(f"/proc/{pid}/fd"))
+    resource.prlimit(pid, resource.RLIMIT_NOFILE, (in_use, in_use))
+    server.proc.send_signal(signal.SIGTTIN)
+    server.wait_for("cannot start a worker: Too many open files")
+    send(("127.0.0.1", server.port), [b"still-served"])
+    deadline = time.monotonic() + DEADLINE
+    while not recorded(str(tmp_path)) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert server.proc.poll() is None
+    assert server.stop() == 0
+    assert recorded(str(tmp_path)) == [b"still-served"]
+
+
+def test_listen_out_of_descriptors_is_one_line(tmp_path):
+    # Five descriptors: the standard three, the pcap file, the socket; the
+    # reader's wake-up descriptor is one too many.
+    result = subprocess.run(["prlimit", "--nofile=5", sys.executable, "-m", "udp_reader",
+                             "listen", "127.0.0.1:0", "--write", str(tmp_path / "x.pcap"),
+                             "--duration", "1"], capture_output=True, text=True,
+                            timeout=DEADLINE)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip() == "udp-reader: error: Too many open files"
