@@ -40,6 +40,11 @@ TARGETS = [
 ]
 
 
+def pytest_addoption(parser):
+    parser.addoption("--soak-seconds", type=float, default=0,
+                     help="run the soak benchmark this long (it is skipped otherwise)")
+
+
 @pytest.fixture(scope="session")
 def c_loop():
     """drain(fd, count, batch) and drain_gro(fd, segments, batch) from

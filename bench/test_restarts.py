@@ -8,27 +8,10 @@ import statistics
 import sys
 from pathlib import Path
 
-import pytest
-
 sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
-from restart_harness import run_in_namespace  # noqa: E402
+from restart_harness import run_in_namespace, sustained_rate  # noqa: E402
 
-RATES = [25_000, 50_000, 100_000, 150_000, 200_000, 300_000]
 RESTARTS = 100
-
-
-def sustained_rate() -> int:
-    """The highest rate of RATES that a 2-worker server takes for 3 s with no
-    loss, and that the sender actually reaches (within 3 %)."""
-    best = 0
-    for rate in RATES:
-        r = run_in_namespace("steady", "--rate", str(rate), "--seconds", "3")
-        if r["missing"] or r["achieved_rate"] < 0.97 * rate:
-            break
-        best = rate
-    if not best:
-        pytest.fail("not even the lowest rate was sustained")
-    return best
 
 
 def test_loss_across_100_rolling_restarts(benchmark):
