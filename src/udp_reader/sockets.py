@@ -83,6 +83,19 @@ def _resolve(host: str, port: int) -> Tuple[int, tuple]:
 def open_socket(address: Address, *, reuseport: bool = True,
                 rcvbuf: int | None = None) -> socket.socket:
     """A bound UDP socket for `address`, ready for the engine."""
+    sock, sockaddr = unbound_socket(address, reuseport=reuseport, rcvbuf=rcvbuf)
+    try:
+        bind(sock, sockaddr)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def unbound_socket(address: Address, *, reuseport: bool = True,
+                   rcvbuf: int | None = None) -> Tuple[socket.socket, tuple]:
+    """A UDP socket with every option set, and the sockaddr to bind it to:
+    a socket joins its SO_REUSEPORT group, and gets traffic, only once bound."""
     host, port = parse_address(address)
     family, sockaddr = _resolve(host, port)
     try:
@@ -100,16 +113,20 @@ def open_socket(address: Address, *, reuseport: bool = True,
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if rcvbuf is not None:
             set_rcvbuf(sock, rcvbuf)
-        try:
-            sock.bind(sockaddr)
-        except OSError as e:
-            where = format_address(sockaddr[0], sockaddr[1])
-            raise OSError(e.errno, f"cannot bind {where}: {e.strerror}") from None
         enable_metadata(sock)
     except BaseException:
         sock.close()
         raise
-    return sock
+    return sock, sockaddr
+
+
+def bind(sock: socket.socket, sockaddr: tuple) -> None:
+    """Bind, with an error that names the address."""
+    try:
+        sock.bind(sockaddr)
+    except OSError as e:
+        where = format_address(sockaddr[0], sockaddr[1])
+        raise OSError(e.errno, f"cannot bind {where}: {e.strerror}") from None
 
 
 def check_udp(sock: socket.socket) -> None:

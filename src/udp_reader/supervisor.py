@@ -71,10 +71,14 @@ class Config:
 
 
 class Slot:
-    """A socket the master keeps open for its workers."""
+    """A socket the master keeps open for its workers. A new one is bound,
+    and so joins the port's SO_REUSEPORT group, only once its first worker
+    is ready: a worker that fails to start leaves no socket taking traffic
+    that nobody reads."""
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, sockaddr: Optional[tuple] = None) -> None:
         self.sock = sock
+        self.unbound = sockaddr  # where to bind it, until it is bound
         self.workers: set = set()
 
     def drops(self) -> int:
@@ -151,26 +155,26 @@ class Arbiter:
         else:
             if not self.config.bind:
                 raise StartError("no address: give --bind or start under socket activation")
-            first = self._bind(self.config.bind)
+            first = Slot(sockets.open_socket(self.config.bind, reuseport=True,
+                                             rcvbuf=self.config.rcvbuf))
+            self.slots.append(first)
             host, port = first.sock.getsockname()[:2]
         self.address = sockets.format_address(host, port)
 
-    def _bind(self, address) -> Slot:
-        sock = sockets.open_socket(address, reuseport=True, rcvbuf=self.config.rcvbuf)
-        slot = Slot(sock)
-        self.slots.append(slot)
-        return slot
-
     def _slot_for_new_worker(self) -> Slot:
-        """The shared socket, or a fresh one on the port (the first one the
-        master bound is used by the first worker)."""
+        """The shared socket, or a socket of its own: one no worker reads
+        (the first the master bound, or one left by a failed start), or a
+        new one for the port, bound once the worker is ready."""
         if self.shared:
             return self.slots[0]
         idle = [s for s in self.slots if not s.workers and not handoff.is_shed(s.sock)]
         if idle:
             return idle[0]
         host, port = self.slots[0].sock.getsockname()[:2]
-        return self._bind((host, port))
+        slot = Slot(*sockets.unbound_socket((host, port), reuseport=True,
+                                            rcvbuf=self.config.rcvbuf))
+        self.slots.append(slot)
+        return slot
 
     def _announce_ready(self) -> None:
         systemd.notify("READY=1", self._status(), f"MAINPID={os.getpid()}")
@@ -313,6 +317,15 @@ class Arbiter:
                                        if code is None else _exit_reason(code))
                 raise WorkerStartFailed(f"a new worker failed to start: {why}")
             self._poll(0.05)
+        if slot.unbound is not None:
+            try:
+                sockets.bind(slot.sock, slot.unbound)
+            except OSError as e:
+                worker.proc.kill()
+                worker.proc.wait()
+                self._forget(worker)
+                raise WorkerStartFailed(f"a new worker's socket: {e.strerror}") from None
+            slot.unbound = None
         log.info("worker %d ready", worker.pid)
         return worker
 
