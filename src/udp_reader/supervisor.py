@@ -112,6 +112,7 @@ class Arbiter:
         self.totals: collections.Counter = collections.Counter()
         self.loss_watch: List[tuple] = []  # (slot, its drops when its worker died)
         self.address = ""
+        self.bound_to: tuple = ()
 
     # -- start and stop --------------------------------------------------------
 
@@ -159,6 +160,7 @@ class Arbiter:
                                              rcvbuf=self.config.rcvbuf))
             self.slots.append(first)
             host, port = first.sock.getsockname()[:2]
+        self.bound_to = (host, port)  # the port chosen, when --bind asked for 0
         self.address = sockets.format_address(host, port)
 
     def _slot_for_new_worker(self) -> Slot:
@@ -170,8 +172,7 @@ class Arbiter:
         idle = [s for s in self.slots if not s.workers and not handoff.is_shed(s.sock)]
         if idle:
             return idle[0]
-        host, port = self.slots[0].sock.getsockname()[:2]
-        slot = Slot(*sockets.unbound_socket((host, port), reuseport=True,
+        slot = Slot(*sockets.unbound_socket(self.bound_to, reuseport=True,
                                             rcvbuf=self.config.rcvbuf))
         self.slots.append(slot)
         return slot
