@@ -1,7 +1,7 @@
 """Type stub for the compiled core (src/udp_reader/_core.pyx)."""
 
 import socket
-from typing import Any, Callable, Iterator, NamedTuple, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Tuple
 
 import numpy as np
 import numpy.typing as npt
@@ -113,3 +113,14 @@ class Reader:
     def close(self) -> None: ...
     def __enter__(self) -> "Reader": ...
     def __exit__(self, *exc_info: object) -> None: ...
+
+def _engine_feed(
+    control: bytes,
+    name: bytes,
+    length: int,
+    flags: int,
+    *,
+    min_size: int = 0,
+    max_size: int = 65507,
+    gro: bool = False,
+) -> Tuple[List[Dict[str, int]], Dict[str, int]]: ...

@@ -32,7 +32,12 @@ async def batches(reader: Reader) -> AsyncIterator[Batch]:
             continue
         streak = 0
         readable = loop.create_future()
-        loop.add_reader(fd, lambda: readable.done() or readable.set_result(None))
+
+        def wake(future: asyncio.Future = readable) -> None:
+            if not future.done():
+                future.set_result(None)
+
+        loop.add_reader(fd, wake)
         try:
             await readable
         finally:

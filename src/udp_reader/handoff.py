@@ -19,7 +19,7 @@ import os
 import socket
 import stat
 import struct
-from typing import List, Sequence, Tuple
+from typing import List, MutableMapping, Sequence, Tuple
 
 log = logging.getLogger("udp_reader")
 
@@ -179,7 +179,8 @@ def fetch_sockets(path: str, timeout: float = 5.0) -> List[Tuple[str, socket.soc
 INHERIT_ENV = "UDP_READER_FDS"
 
 
-def export_for_exec(socks: Sequence[Tuple[str, socket.socket]], env: dict) -> List[int]:
+def export_for_exec(socks: Sequence[Tuple[str, socket.socket]],
+                    env: MutableMapping[str, str]) -> List[int]:
     """Mark sockets inheritable and describe them in `env` for a child that
     will exec; returns the descriptors to keep open across the exec."""
     fds = []
@@ -190,7 +191,8 @@ def export_for_exec(socks: Sequence[Tuple[str, socket.socket]], env: dict) -> Li
     return fds
 
 
-def import_inherited(env: dict = os.environ) -> List[Tuple[str, socket.socket]]:
+def import_inherited(env: MutableMapping[str, str] = os.environ
+                     ) -> List[Tuple[str, socket.socket]]:
     """Sockets an exec'ing parent left us through export_for_exec()."""
     text = env.pop(INHERIT_ENV, None)
     if not text:

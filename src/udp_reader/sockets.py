@@ -32,10 +32,10 @@ def parse_address(address: Address) -> Tuple[str, int]:
     if isinstance(address, tuple):
         if len(address) != 2:
             raise ValueError(f"address must be (host, port), not {address!r}")
-        host, port = address
-        if not isinstance(host, str):
-            raise TypeError(f"address host must be str, not {type(host).__name__}")
-        return host.strip("[]"), _port(port, address)
+        name, number = address
+        if not isinstance(name, str):
+            raise TypeError(f"address host must be str, not {type(name).__name__}")
+        return name.strip("[]"), _port(number, address)
     if isinstance(address, int) and not isinstance(address, bool):
         return "", _port(address, address)
     if not isinstance(address, str):
