@@ -32,10 +32,6 @@ from udp_reader import handoff, sockets
 cdef extern from "<arpa/inet.h>" nogil:
     const char *inet_ntop(int af, const void *src, char *dst, int size)
 
-cdef extern from "<sys/socket.h>" nogil:
-    int AF_INET
-    int AF_INET6
-
 cdef extern from "<unistd.h>" nogil:
     ssize_t read(int fd, void *buf, size_t count)
     ssize_t write(int fd, const void *buf, size_t count)
