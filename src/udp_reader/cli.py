@@ -104,6 +104,8 @@ def _listen(args: argparse.Namespace, reader: Reader, writers: list) -> int:
 
     def on_batch(batch) -> None:
         nonlocal left
+        if not writers and left is None:
+            return  # counting only: the reader's stats do it
         for packet in batch:
             for writer in writers:
                 writer.write(packet)
