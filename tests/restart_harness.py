@@ -265,6 +265,19 @@ def scenario(name: str, h: Harness, restarts: int, seconds: float, every: float)
         facts["first_exit"] = first.returncode
         time.sleep(0.3)
         master = second
+    elif name == "takeover":  # a second instance reads the very socket of the first
+        handoff = ["--shared", "--handoff", os.path.join(h.dir, "run")]
+        first = h.serve("--workers", "2", *handoff)
+        h.notify.ready(MAINPID=str(first.pid))
+        h.sender.start()
+        time.sleep(0.3)
+        second = h.serve("--workers", "2", *handoff, "--takeover", os.path.join(h.dir, "run"))
+        h.notify.ready(MAINPID=str(second.pid))
+        first.send_signal(signal.SIGTERM)
+        first.wait(DEADLINE)
+        facts["first_exit"] = first.returncode
+        time.sleep(0.3)
+        master = second
     elif name == "term":
         master = h.serve("--workers", "2")
         h.notify.ready()

@@ -61,6 +61,12 @@ def test_second_instance_takes_over():
     assert_lossless(r)
 
 
+def test_second_instance_takes_over_the_very_socket():
+    r = run_scenario("takeover")
+    assert r["first_exit"] == 0
+    assert_lossless(r)
+
+
 def test_systemd_socket_activation_and_restarts():
     if shutil.which("systemd-socket-activate") is None:
         pytest.fail("systemd-socket-activate is missing: .ci/run installs Debian's systemd")

@@ -164,8 +164,12 @@ def test_unwritable_pid_file_is_a_clear_error(record_dir):
 @pytest.mark.parametrize("args, words", [
     (["--workers", "0"], "--workers"),
     (["--min-size", "10", "--max-size", "2"], "must not exceed"),
+    (["--handoff", "/tmp"], "--handoff needs --shared"),
+    (["--shared", "--takeover", "/proc/no/such/dir"], "No such file or directory"),
+    (["--shared", "--takeover", "{record_dir}/run"], "no handoff at"),
 ])
 def test_impossible_serve_options(record_dir, args, words):
+    args = [a.format(record_dir=record_dir) for a in args]
     server = Server("flaky:on_packet", *args, record_dir=record_dir)
     assert server.proc.wait(DEADLINE) == 2
     server.stop()

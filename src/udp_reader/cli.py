@@ -200,7 +200,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         shared=args.shared, batches=args.batches, min_size=args.min_size,
         max_size=args.max_size, batch_size=args.batch_size, rcvbuf=args.rcvbuf,
         gro=args.gro, grace=args.grace, graceful_timeout=args.graceful_timeout,
-        start_timeout=args.start_timeout, pid_file=args.pid_file)
+        start_timeout=args.start_timeout, pid_file=args.pid_file,
+        handoff_dir=args.handoff, takeover_dir=args.takeover)
     try:
         return Arbiter(config).run()
     except (StartError, ValueError, OSError) as e:
@@ -310,6 +311,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--start-timeout", type=float, default=30.0, metavar="S",
                        help="longest a new worker may take to be ready (default 30)")
     serve.add_argument("--pid-file", metavar="FILE", help="write the master's pid here")
+    serve.add_argument("--handoff", metavar="DIR",
+                       help="with --shared: offer the socket to a successor over a Unix "
+                            "socket in DIR (made mode 0700)")
+    serve.add_argument("--takeover", metavar="DIR",
+                       help="read the socket a running master offers in DIR (--handoff); "
+                            "then TERM that master: one queue, nothing to drain")
     serve.set_defaults(func=cmd_serve)
     return parser
 

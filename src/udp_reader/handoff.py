@@ -103,6 +103,7 @@ class HandoffServer:
             finally:
                 os.umask(old_umask)
             os.chmod(path, 0o600)
+            self._inode = os.stat(path).st_ino
             self._listener.listen(8)
         except BaseException:
             self._listener.close()
@@ -133,7 +134,9 @@ class HandoffServer:
     def close(self) -> None:
         self._listener.close()
         try:
-            os.unlink(self.path)
+            # A successor may have bound the path anew: leave its socket be.
+            if os.stat(self.path).st_ino == self._inode:
+                os.unlink(self.path)
         except FileNotFoundError:
             pass
 
@@ -155,7 +158,10 @@ def fetch_sockets(path: str, timeout: float = 5.0) -> List[Tuple[str, socket.soc
     """Ask the HandoffServer at `path` for its sockets: [(name, socket)]."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as conn:
         conn.settimeout(timeout)
-        conn.connect(path)
+        try:
+            conn.connect(path)
+        except OSError as e:
+            raise type(e)(e.errno, f"no handoff at {path}: {e.strerror}") from None
         message, fds, flags, _ = socket.recv_fds(conn, MAX_MESSAGE, MAX_FDS)
         socks = [socket.socket(fileno=fd) for fd in fds]
         try:

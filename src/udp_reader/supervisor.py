@@ -39,6 +39,7 @@ from udp_reader.worker import CONFIG_ENV, EXIT_START_FAILED
 log = logging.getLogger("udp_reader")
 
 UPGRADE_ENV = "UDP_READER_UPGRADE_FROM"
+WAKEUP, HANDOFF = object(), object()  # selector keys that are not workers
 HANDLED = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT,
            signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR2, signal.SIGCHLD)
 
@@ -68,6 +69,8 @@ class Config:
     graceful_timeout: float = 30.0
     start_timeout: float = 30.0
     pid_file: Optional[str] = None
+    handoff_dir: Optional[str] = None   # offer the sockets to a successor here
+    takeover_dir: Optional[str] = None  # take the sockets of a running master
 
 
 class Slot:
@@ -113,6 +116,7 @@ class Arbiter:
         self.loss_watch: List[tuple] = []  # (slot, its drops when its worker died)
         self.address = ""
         self.bound_to: tuple = ()
+        self.handoff: Optional[handoff.HandoffServer] = None
 
     # -- start and stop --------------------------------------------------------
 
@@ -145,6 +149,8 @@ class Arbiter:
 
     def _open_slots(self) -> None:
         inherited = handoff.import_inherited() or systemd.listen_fds()
+        if not inherited and self.config.takeover_dir:
+            inherited = handoff.fetch_sockets(handoff.private_path(self.config.takeover_dir))
         if inherited:
             for name, sock in inherited:
                 sockets.check_udp(sock)
@@ -162,6 +168,11 @@ class Arbiter:
             host, port = first.sock.getsockname()[:2]
         self.bound_to = (host, port)  # the port chosen, when --bind asked for 0
         self.address = sockets.format_address(host, port)
+        if self.config.handoff_dir:
+            if not self.shared:
+                raise StartError("--handoff needs --shared: one socket the successor "
+                                 "reads with us, and then alone")
+            self.handoff = handoff.HandoffServer(handoff.private_path(self.config.handoff_dir))
 
     def _slot_for_new_worker(self) -> Slot:
         """The shared socket, or a socket of its own: one no worker reads
@@ -196,6 +207,8 @@ class Arbiter:
             slot.sock.close()
         self.slots.clear()
         self.selector.close()
+        if self.handoff is not None:
+            self.handoff.close()
         self._remove_pid_file()
 
     def _remove_pid_file(self) -> None:
@@ -215,7 +228,9 @@ class Arbiter:
     def _install_signals(self) -> None:
         read_end, write_end = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._wakeup = read_end
-        self.selector.register(read_end, selectors.EVENT_READ, None)
+        self.selector.register(read_end, selectors.EVENT_READ, WAKEUP)
+        if self.handoff is not None:
+            self.selector.register(self.handoff.fileno(), selectors.EVENT_READ, HANDOFF)
         signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
         for sig in HANDLED:
             signal.signal(sig, lambda signum, _frame: self.signals.append(signum))
@@ -244,14 +259,30 @@ class Arbiter:
     def _poll(self, timeout: float) -> None:
         """Wait for a signal or worker status, and read what came."""
         for key, _ in self.selector.select(timeout):
-            if key.data is None:
+            if key.data is WAKEUP:
                 try:
                     while os.read(self._wakeup, 512):
                         pass
                 except BlockingIOError:
                     pass
+            elif key.data is HANDOFF:
+                self._hand_over()
             else:
                 self._read_status(key.data)
+
+    def _hand_over(self) -> None:
+        """A successor asks for our sockets (--takeover): share them. From
+        then on, workers that leave leave the queue to it."""
+        assert self.handoff is not None
+        try:
+            sent = self.handoff.serve_one([(f"udp{i}", s.sock) for i, s in enumerate(self.slots)],
+                                          timeout=1.0)
+        except OSError as e:
+            log.warning("handoff to a successor failed: %s", e)
+            return
+        if sent:
+            self.handed_off = True
+            log.info("sockets shared with a successor; TERM now leaves the queue to it")
 
     def _read_status(self, worker: WorkerProcess) -> None:
         try:
