@@ -253,25 +253,19 @@ def scenario(name: str, h: Harness, restarts: int, seconds: float, every: float)
         os.kill(int(new["MAINPID"]), signal.SIGTERM)
         wait_gone(int(new["MAINPID"]))
         return facts
-    elif name == "second":
-        first = h.serve("--workers", "2")
+    elif name in ("second", "takeover"):
+        # A second instance joins the port (its own sockets), or, with
+        # takeover, reads the very socket of the first; then TERM the first.
+        first_args = second_args = ["--workers", "2"]
+        if name == "takeover":
+            run = os.path.join(h.dir, "run")
+            first_args = [*first_args, "--shared", "--handoff", run]
+            second_args = [*first_args, "--takeover", run]
+        first = h.serve(*first_args)
         h.notify.ready(MAINPID=str(first.pid))
         h.sender.start()
         time.sleep(0.3)
-        second = h.serve("--workers", "2")
-        h.notify.ready(MAINPID=str(second.pid))
-        first.send_signal(signal.SIGTERM)
-        first.wait(DEADLINE)
-        facts["first_exit"] = first.returncode
-        time.sleep(0.3)
-        master = second
-    elif name == "takeover":  # a second instance reads the very socket of the first
-        handoff = ["--shared", "--handoff", os.path.join(h.dir, "run")]
-        first = h.serve("--workers", "2", *handoff)
-        h.notify.ready(MAINPID=str(first.pid))
-        h.sender.start()
-        time.sleep(0.3)
-        second = h.serve("--workers", "2", *handoff, "--takeover", os.path.join(h.dir, "run"))
+        second = h.serve(*second_args)
         h.notify.ready(MAINPID=str(second.pid))
         first.send_signal(signal.SIGTERM)
         first.wait(DEADLINE)
