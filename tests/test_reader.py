@@ -9,7 +9,7 @@ import threading
 import numpy as np
 import pytest
 
-from conftest import collect, lo_index, open_fds, send
+from conftest import DEADLINE, collect, lo_index, open_fds, send
 from udp_reader import Reader, listen
 
 
@@ -172,25 +172,57 @@ def test_kept_packets_and_views_never_change():
         assert all(set(p.data) == {p.data[0]} and len(p) == p.data[0] + 1 for p in batch)
 
 
+class Guard:
+    """Stops `reader` after DEADLINE if what a test waits for never comes,
+    so a broken stop fails the test instead of hanging it."""
+
+    def __init__(self, reader):
+        self.fired = False
+        self._timer = threading.Timer(DEADLINE, self._fire, (reader,))
+
+    def _fire(self, reader):
+        self.fired = True
+        reader.stop()
+
+    def __enter__(self):
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc_info):
+        self._timer.cancel()
+
+
 def test_stop_from_another_thread_without_traffic(reader):
-    threading.Timer(0.2, reader.stop).start()
-    reader.run(lambda p: None)
+    stopper = threading.Timer(0.2, reader.stop)
+    with Guard(reader) as guard:
+        stopper.start()
+        reader.run(lambda p: None)
+    assert not guard.fired
     assert reader.stats.received == 0
 
 
 def test_stop_from_a_signal_handler(reader):
-    previous = signal.signal(signal.SIGUSR1, lambda *_: reader.stop())
+    calls = []
+
+    def handler(*_):
+        calls.append(True)
+        reader.stop()
+
+    previous = signal.signal(signal.SIGUSR1, handler)
     try:
-        threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGUSR1)).start()
-        reader.run_batches(lambda b: None)
+        with Guard(reader) as guard:
+            threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGUSR1)).start()
+            reader.run_batches(lambda b: None)
     finally:
         signal.signal(signal.SIGUSR1, previous)
+    assert calls and not guard.fired
 
 
 def test_ctrl_c_raises_keyboard_interrupt(reader):
-    threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGINT)).start()
-    with pytest.raises(KeyboardInterrupt):
-        reader.run(lambda p: None)
+    with Guard(reader):
+        threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGINT)).start()
+        with pytest.raises(KeyboardInterrupt):
+            reader.run(lambda p: None)
 
 
 def test_stop_from_callback_keeps_the_rest_for_the_next_run(reader):
