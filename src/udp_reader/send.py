@@ -124,8 +124,7 @@ class LoadGenerator:
     def _lengths(self, datagrams: int, cursor: int) -> List[int]:
         """Message lengths that carry `datagrams` datagrams."""
         if not self.segment:
-            chunk = self.lengths[cursor:cursor + datagrams]
-            return chunk if len(chunk) == datagrams else self.lengths[:datagrams]
+            return self.lengths[cursor:cursor + datagrams]  # run() keeps it in range
         full, rest = divmod(datagrams, self.per_message)
         return [self.per_message * self.segment] * full + ([rest * self.segment] if rest else [])
 

@@ -200,9 +200,7 @@ class Arbiter:
 
     def _close(self) -> None:
         for worker in list(self.workers.values()):
-            if worker.proc.poll() is None:
-                worker.proc.kill()
-            self._forget(worker)
+            self._discard(worker)
         for slot in self.slots:
             slot.sock.close()
         self.slots.clear()
@@ -340,11 +338,7 @@ class Arbiter:
         while not worker.ready:
             code = worker.proc.poll()
             if code is not None or time.monotonic() >= deadline:
-                if code is None:
-                    worker.proc.kill()
-                    worker.proc.wait()
-                self._read_status(worker)
-                self._forget(worker)
+                self._discard(worker)
                 why = worker.error or ("not ready within %.0f s" % self.config.start_timeout
                                        if code is None else _exit_reason(code))
                 raise WorkerStartFailed(f"a new worker failed to start: {why}")
@@ -353,9 +347,7 @@ class Arbiter:
             try:
                 sockets.bind(slot.sock, slot.unbound)
             except OSError as e:
-                worker.proc.kill()
-                worker.proc.wait()
-                self._forget(worker)
+                self._discard(worker)
                 raise WorkerStartFailed(f"a new worker's socket: {e.strerror}") from None
             slot.unbound = None
         log.info("worker %d ready", worker.pid)
@@ -441,6 +433,15 @@ class Arbiter:
                         "while it had no reader", slot.drops() - before)
             self.loss_watch.remove(entry)
 
+    def _discard(self, worker: WorkerProcess) -> None:
+        """End a worker now, if it still runs, keep what it last reported,
+        and forget it."""
+        if worker.proc.poll() is None:
+            worker.proc.kill()
+        worker.proc.wait()
+        self._read_status(worker)
+        self._forget(worker)
+
     def _unwatch(self, worker: WorkerProcess) -> None:
         if worker.status in self.selector.get_map():
             self.selector.unregister(worker.status)
@@ -473,9 +474,7 @@ class Arbiter:
             self._reap()
         for worker in list(self.workers.values()):
             log.error("worker %d did not leave within %.0f s; killing it", worker.pid, limit)
-            worker.proc.kill()
-            worker.proc.wait()
-            self._forget(worker)
+            self._discard(worker)
         self._report_losses(final=True)
         t = self.totals
         log.info("stopped: %d received, %d delivered, %d filtered, %d kernel drops",
