@@ -162,19 +162,52 @@ def enable_gro(sock: socket.socket) -> bool:
     return True
 
 
-def set_rcvbuf(sock: socket.socket, size: int) -> int:
-    """Set the receive buffer, past net.core.rmem_max where permitted.
+def set_rcvbuf(sock: socket.socket, size: int, *, at_least: bool = False) -> int:
+    """Set the receive buffer, past net.core.rmem_max where permitted
+    (SO_RCVBUFFORCE: root or CAP_NET_ADMIN); with `at_least`, only ever
+    raise it, so a buffer someone set larger (systemd's ReceiveBuffer=) stays.
 
     Returns the size the kernel reports, which is twice what was asked for:
-    the kernel doubles it to cover its own bookkeeping.
+    the kernel doubles it to cover its own bookkeeping. Logs one warning per
+    process when the kernel grants less.
     """
     if not isinstance(size, int) or isinstance(size, bool) or size <= 0:
         raise ValueError(f"rcvbuf must be a positive int, not {size!r}")
+    current = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+    if at_least and current >= 2 * size:
+        return current
     try:
         sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, size)
     except PermissionError:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
-    return sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+        # SO_RCVBUF is capped at rmem_max: it could shrink a buffer that
+        # someone with the privilege made larger.
+        if not at_least or 2 * min(size, _rmem_max()) > current:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+    granted = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+    if granted < 2 * size:
+        _warn_capped(size, granted)
+    return granted
+
+
+_warned_capped = False
+
+
+def _warn_capped(size: int, granted: int) -> None:
+    global _warned_capped
+    if not _warned_capped:
+        _warned_capped = True
+        log.warning("receive buffer: asked for %d bytes, the kernel granted %d "
+                    "(net.core.rmem_max caps it without CAP_NET_ADMIN); raise the cap "
+                    "with: sysctl -w net.core.rmem_max=%d", size, granted // 2, size)
+
+
+def _rmem_max() -> int:
+    """The cap SO_RCVBUF applies; 0 when unknown, so nothing gets shrunk."""
+    try:
+        with open("/proc/sys/net/core/rmem_max") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return 0
 
 
 def meminfo(sock: socket.socket) -> Tuple[int, ...]:

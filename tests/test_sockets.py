@@ -1,0 +1,95 @@
+"""Socket helpers: the receive buffer."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+
+import pytest
+
+from udp_reader import sockets
+
+NOBODY = 65534
+root_only = pytest.mark.skipif(os.getuid() != 0, reason="needs root (SO_RCVBUFFORCE, setuid)")
+
+
+def rmem(name: str) -> int:
+    with open(f"/proc/sys/net/core/{name}") as f:
+        return int(f.read())
+
+
+def udp_socket() -> socket.socket:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("127.0.0.1", 0))
+    return s
+
+
+def as_nobody(work) -> dict:
+    """Run work() in a forked child that dropped to nobody (no exec, so
+    root's private interpreter is no obstacle); returns what it returned,
+    with the udp_reader warnings it logged under "warnings"."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            records: list = []
+            handler = logging.Handler()
+            handler.emit = records.append
+            logging.getLogger("udp_reader").addHandler(handler)
+            sockets._warned_capped = False  # a fresh process's state
+            os.setgid(NOBODY)
+            os.setuid(NOBODY)
+            result = work()
+            result["warnings"] = [r.getMessage() for r in records
+                                  if r.levelno == logging.WARNING]
+        except BaseException as e:
+            result = {"error": repr(e)}
+        os.write(write_end, json.dumps(result).encode())
+        os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as f:
+        result = json.loads(f.read() or b"{}")
+    os.waitpid(pid, 0)
+    assert "error" not in result, result["error"]
+    return result
+
+
+@root_only
+def test_forced_past_rmem_max_as_root():
+    size = 2 * rmem("rmem_max") + 4096
+    with udp_socket() as s:
+        assert sockets.set_rcvbuf(s, size) == 2 * size
+
+
+@root_only
+def test_at_least_never_shrinks():
+    with udp_socket() as s:
+        sockets.set_rcvbuf(s, 8 << 20)
+        assert sockets.set_rcvbuf(s, 1 << 20, at_least=True) == 16 << 20
+        assert sockets.set_rcvbuf(s, 12 << 20, at_least=True) == 24 << 20
+        assert sockets.set_rcvbuf(s, 1 << 20) == 2 << 20  # without: exactly as asked
+
+
+@root_only
+def test_capped_buffer_warns_once_per_process():
+    cap = rmem("rmem_max")
+    larger = 4 * cap  # what root forced before handing the socket over
+    with udp_socket() as kept:
+        sockets.set_rcvbuf(kept, larger)
+
+        def work() -> dict:
+            with udp_socket() as a, udp_socket() as b:
+                return {"a": sockets.set_rcvbuf(a, 2 * cap),
+                        "b": sockets.set_rcvbuf(b, 2 * cap),
+                        "kept": sockets.set_rcvbuf(kept, 2 * larger, at_least=True)}
+
+        result = as_nobody(work)
+    assert result["a"] == result["b"] == 2 * cap
+    # SO_RCVBUF alone would have cut it to the cap: left as it was.
+    assert result["kept"] == 2 * larger
+    (warning,) = result["warnings"]
+    assert f"asked for {2 * cap} bytes" in warning
+    assert f"granted {cap}" in warning
+    assert f"sysctl -w net.core.rmem_max={2 * cap}" in warning
