@@ -11,6 +11,8 @@ import time
 import pytest
 
 from conftest import DEADLINE, send
+from udp_reader import ReaderOptions
+from udp_reader.cli import build_parser
 
 COMMAND = [sys.executable, "-m", "udp_reader"]
 
@@ -64,9 +66,11 @@ def test_listen_exits_zero_on_term():
 @pytest.mark.parametrize("args, words", [
     (["listen", "127.0.0.1:70000"], "outside 0..65535"),
     (["listen", "127.0.0.1"], "no port"),
-    (["listen", "127.0.0.1:0", "--min-size", "9", "--max-size", "3"], "must not exceed"),
-    (["listen", "127.0.0.1:0", "--max-size", "70000"], "outside 0..65535"),
-    (["listen", "127.0.0.1:0", "--batch-size", "0"], "batch_size"),
+    (["listen", "127.0.0.1:0", "--min-size", "9", "--max-size", "3"],
+     "--min-size (9) must not exceed --max-size (3)"),
+    (["listen", "127.0.0.1:0", "--max-size", "70000"], "--max-size must be within 0..65535"),
+    (["listen", "127.0.0.1:0", "--batch-size", "0"], "--batch-size must be within 1..1024"),
+    (["listen", "127.0.0.1:0", "--rcvbuf", "0"], "--rcvbuf must be a positive int"),
     (["listen", "192.0.2.1:0"], "cannot bind 192.0.2.1:0"),
     (["listen", "no-such-host.invalid:1"], "cannot resolve"),
     (["frobnicate"], "invalid choice"),
@@ -78,6 +82,11 @@ def test_wrong_input_gives_one_line_and_exit_2(args, words):
     assert words in result.stderr
     assert "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("udp-reader")
+
+
+def test_listen_opens_the_reader_with_its_defaults():
+    args = build_parser().parse_args(["listen", ":0"])
+    assert ReaderOptions.from_args(args) == ReaderOptions(gro=True)
 
 
 def test_version():

@@ -9,8 +9,9 @@ import threading
 import numpy as np
 import pytest
 
-from conftest import DEADLINE, collect, lo_index, open_fds, send
-from udp_reader import Reader, listen
+from conftest import DEADLINE, as_nobody, collect, lo_index, open_fds, rmem, root_only, send
+from udp_reader import Reader, listen, sockets
+from udp_reader.options import DEFAULT_RCVBUF
 
 
 def test_ipv4_packet_metadata(reader):
@@ -303,7 +304,7 @@ def test_impossible_options_raise_value_error(kwargs, words):
 
 
 def test_option_of_wrong_type_raises_type_error():
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="min_size"):
         Reader("127.0.0.1:0", min_size="10")
 
 
@@ -353,6 +354,53 @@ def test_from_socket_refuses_tcp():
 def test_rcvbuf_is_set_and_reported():
     with Reader("127.0.0.1:0", rcvbuf=1 << 20) as r:
         assert r.rcvbuf >= 1 << 20
+
+
+@root_only
+def test_default_rcvbuf_rides_out_a_stall():
+    with Reader("127.0.0.1:0") as r:
+        assert r.rcvbuf >= 2 * DEFAULT_RCVBUF
+
+
+@root_only
+def test_a_socket_handed_in_keeps_a_larger_buffer_and_gets_at_least_the_default():
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        sockets.set_rcvbuf(sock, 2 * DEFAULT_RCVBUF)  # as systemd's ReceiveBuffer= would
+        with Reader.from_socket(sock) as r:
+            assert r.rcvbuf == 4 * DEFAULT_RCVBUF
+        sockets.set_rcvbuf(sock, 1 << 20)
+        with Reader(fileno=os.dup(sock.fileno())) as r:
+            assert r.rcvbuf == 2 * DEFAULT_RCVBUF
+
+
+def test_rcvbuf_none_leaves_the_buffer_alone():
+    with Reader("127.0.0.1:0", rcvbuf=None) as r:
+        assert r.rcvbuf == rmem("rmem_default")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 100_000)
+        with Reader.from_socket(sock, rcvbuf=None) as r:
+            assert r.rcvbuf == 200_000
+
+
+@root_only
+def test_default_rcvbuf_capped_by_the_kernel_warns_once():
+    if rmem("rmem_max") >= DEFAULT_RCVBUF:
+        pytest.skip("net.core.rmem_max does not cap the default here")
+
+    def work():
+        sizes = []
+        for _ in range(2):
+            with Reader("127.0.0.1:0") as r:
+                sizes.append(r.rcvbuf)
+        return {"sizes": sizes}
+
+    result = as_nobody(work)
+    assert result["sizes"] == [2 * rmem("rmem_max")] * 2
+    (warning,) = result["warnings"]
+    assert f"asked for {DEFAULT_RCVBUF} bytes" in warning
+    assert "sysctl -w net.core.rmem_max=" in warning
 
 
 def test_kernel_drops_equal_sent_minus_received():

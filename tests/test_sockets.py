@@ -2,58 +2,16 @@
 
 from __future__ import annotations
 
-import json
-import logging
-import os
 import socket
 
-import pytest
-
+from conftest import as_nobody, rmem, root_only
 from udp_reader import sockets
-
-NOBODY = 65534
-root_only = pytest.mark.skipif(os.getuid() != 0, reason="needs root (SO_RCVBUFFORCE, setuid)")
-
-
-def rmem(name: str) -> int:
-    with open(f"/proc/sys/net/core/{name}") as f:
-        return int(f.read())
 
 
 def udp_socket() -> socket.socket:
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     s.bind(("127.0.0.1", 0))
     return s
-
-
-def as_nobody(work) -> dict:
-    """Run work() in a forked child that dropped to nobody (no exec, so
-    root's private interpreter is no obstacle); returns what it returned,
-    with the udp_reader warnings it logged under "warnings"."""
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            records: list = []
-            handler = logging.Handler()
-            handler.emit = records.append
-            logging.getLogger("udp_reader").addHandler(handler)
-            sockets._warned_capped = False  # a fresh process's state
-            os.setgid(NOBODY)
-            os.setuid(NOBODY)
-            result = work()
-            result["warnings"] = [r.getMessage() for r in records
-                                  if r.levelno == logging.WARNING]
-        except BaseException as e:
-            result = {"error": repr(e)}
-        os.write(write_end, json.dumps(result).encode())
-        os._exit(0)
-    os.close(write_end)
-    with os.fdopen(read_end, "rb") as f:
-        result = json.loads(f.read() or b"{}")
-    os.waitpid(pid, 0)
-    assert "error" not in result, result["error"]
-    return result
 
 
 @root_only

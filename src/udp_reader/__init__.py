@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from udp_reader._core import Batch, Packet, Reader, Stats
+from udp_reader.options import ReaderOptions
 from udp_reader.sockets import Address
 
-__all__ = ["Batch", "Packet", "Reader", "Stats", "listen"]
+__all__ = ["Batch", "Packet", "Reader", "ReaderOptions", "Stats", "listen"]
 __version__ = "0.1.0"
 
 

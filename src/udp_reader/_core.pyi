@@ -6,6 +6,7 @@ from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Tu
 import numpy as np
 import numpy.typing as npt
 
+from udp_reader.options import DEFAULT_BATCH, DEFAULT_RCVBUF, MAX_PAYLOAD
 from udp_reader.sockets import Address
 
 class Stats(NamedTuple):
@@ -67,10 +68,10 @@ class Reader:
         address: Optional[Address] = None,
         *,
         min_size: int = 0,
-        max_size: int = 65507,
-        batch_size: int = 64,
+        max_size: int = MAX_PAYLOAD,
+        batch_size: int = DEFAULT_BATCH,
         reuseport: bool = True,
-        rcvbuf: Optional[int] = None,
+        rcvbuf: Optional[int] = DEFAULT_RCVBUF,
         timestamps: bool = False,
         gro: bool = False,
         fileno: Optional[int] = None,
@@ -121,6 +122,6 @@ def _engine_feed(
     flags: int,
     *,
     min_size: int = 0,
-    max_size: int = 65507,
+    max_size: int = MAX_PAYLOAD,
     gro: bool = False,
 ) -> Tuple[List[Dict[str, int]], Dict[str, int]]: ...

@@ -28,6 +28,7 @@ import socket
 import time
 
 from udp_reader import handoff, sockets
+from udp_reader.options import DEFAULT_BATCH, DEFAULT_RCVBUF, MAX_PAYLOAD, ReaderOptions
 
 cdef extern from "<arpa/inet.h>" nogil:
     const char *inet_ntop(int af, const void *src, char *dst, int size)
@@ -307,7 +308,12 @@ cdef class Reader:
     Address forms: "host:port", ":port" (every address, dual-stack),
     "[v6]:port", a port number, or ("host", port); port 0 picks a free port
     (see `address`). Datagrams shorter than `min_size` or longer than
-    `max_size` are counted and dropped in compiled code.
+    `max_size` are counted and dropped in compiled code. The options are
+    checked by udp_reader.options.ReaderOptions.
+
+    `rcvbuf` sets the receive buffer of a socket opened here; a socket handed
+    in (`fileno`, from_socket()) is only ever raised to it, never shrunk.
+    rcvbuf=None leaves the buffer as it is.
     """
     cdef ur_engine _engine
     cdef ur_counters _c
@@ -332,17 +338,11 @@ cdef class Reader:
         self._wake_fd = -1
         self._deadline = -1.0
 
-    def __init__(self, address=None, *, int min_size=0, int max_size=65507,
-                 int batch_size=64, bint reuseport=True, rcvbuf=None,
-                 bint timestamps=False, bint gro=False, fileno=None):
-        if not 0 <= min_size <= 65535:
-            raise ValueError(f"min_size must be within 0..65535, not {min_size}")
-        if not 0 <= max_size <= 65535:
-            raise ValueError(f"max_size must be within 0..65535, not {max_size}")
-        if min_size > max_size:
-            raise ValueError(f"min_size ({min_size}) must not exceed max_size ({max_size})")
-        if not 1 <= batch_size <= 1024:
-            raise ValueError(f"batch_size must be within 1..1024, not {batch_size}")
+    def __init__(self, address=None, *, min_size=0, max_size=MAX_PAYLOAD,
+                 batch_size=DEFAULT_BATCH, bint reuseport=True, rcvbuf=DEFAULT_RCVBUF,
+                 timestamps=False, gro=False, fileno=None):
+        options = ReaderOptions(min_size=min_size, max_size=max_size, batch_size=batch_size,
+                                rcvbuf=rcvbuf, gro=gro, timestamps=timestamps)
         if (address is None) == (fileno is None):
             raise TypeError("give exactly one of address or fileno")
         if fileno is not None:
@@ -350,19 +350,20 @@ cdef class Reader:
             try:
                 sockets.check_udp(sock)
                 sockets.enable_metadata(sock)
-                if rcvbuf is not None:
-                    sockets.set_rcvbuf(sock, rcvbuf)
+                if options.rcvbuf is not None:
+                    # A socket handed in may be larger on purpose (ReceiveBuffer=).
+                    sockets.set_rcvbuf(sock, options.rcvbuf, at_least=True)
             except BaseException:
                 sock.detach()  # a refused descriptor stays the caller's
                 raise
         else:
-            sock = sockets.open_socket(address, reuseport=reuseport, rcvbuf=rcvbuf)
+            sock = sockets.open_socket(address, reuseport=reuseport, rcvbuf=options.rcvbuf)
         try:
-            if timestamps:
+            if options.timestamps:
                 sockets.enable_timestamps(sock)
-            if gro:
-                gro = sockets.enable_gro(sock)
-            if ur_engine_init(&self._engine, batch_size, min_size, max_size, gro) < 0:
+            gro = options.gro and sockets.enable_gro(sock)
+            if ur_engine_init(&self._engine, options.batch_size, options.min_size,
+                              options.max_size, gro) < 0:
                 raise MemoryError()
             self._engine_ready = True
             # Drops counted before we took the socket are not ours.
@@ -664,7 +665,7 @@ cdef class Reader:
 
 
 def _engine_feed(bytes control, bytes name, uint32_t length, int flags, *,
-                 int min_size=0, int max_size=65507, bint gro=False):
+                 min_size=0, max_size=MAX_PAYLOAD, gro=False):
     """Test-only: the engine's per-datagram parsing on arbitrary bytes.
 
     Returns (records, counters): records as dicts of offset, length, segment,
@@ -673,8 +674,9 @@ def _engine_feed(bytes control, bytes name, uint32_t length, int flags, *,
     cdef ur_counters c
     cdef ur_meta *meta
     cdef int n, i
+    options = ReaderOptions(min_size=min_size, max_size=max_size, gro=gro)
     memset(&c, 0, sizeof(c))
-    if ur_engine_init(&engine, 1, min_size, max_size, gro) < 0:
+    if ur_engine_init(&engine, 1, options.min_size, options.max_size, options.gro) < 0:
         raise MemoryError()
     meta = <ur_meta *>malloc(engine.max_records * sizeof(ur_meta))
     try:
@@ -691,7 +693,7 @@ def _engine_feed(bytes control, bytes name, uint32_t length, int flags, *,
         return records, {"received": c.received, "too_short": c.too_short,
                          "too_long": c.too_long, "ctrunc": c.ctrunc,
                          "kernel_drops": c.kernel_drops, "bytes": c.bytes,
-                         "buffer": engine.slot if gro else max_size}
+                         "buffer": engine.slot if gro else options.max_size}
     finally:
         free(meta)
         ur_engine_free(&engine)

@@ -12,6 +12,7 @@ import threading
 from typing import Optional, Sequence
 
 from udp_reader import Reader, __version__, sockets
+from udp_reader.options import MAX_PAYLOAD, ReaderOptions
 from udp_reader.status import StatusLine
 
 log = logging.getLogger("udp_reader")
@@ -30,34 +31,14 @@ def describe(error: BaseException) -> str:
     return str(error)
 
 
-def _size(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"{value} is outside 0..65535")
-    return value
-
-
 def _add_reader_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--min-size", type=_size, default=0, metavar="N",
-                   help="drop datagrams shorter than N bytes (default 0)")
-    p.add_argument("--max-size", type=_size, default=65507, metavar="N",
-                   help="drop datagrams longer than N bytes (default 65507)")
-    p.add_argument("--batch-size", type=int, default=64, metavar="N",
-                   help="datagrams per recvmmsg call, 1..1024 (default 64)")
-    p.add_argument("--rcvbuf", type=int, default=None, metavar="BYTES",
-                   help="socket receive buffer size")
-    p.add_argument("--no-gro", dest="gro", action="store_false",
-                   help="do not ask the kernel for merged receives (UDP_GRO)")
+    ReaderOptions.add_arguments(p)
 
 
-def _open_reader(args: argparse.Namespace, **options) -> Reader:
+def _open_reader(args: argparse.Namespace, **fields) -> Reader:
     try:
-        return Reader(args.address, min_size=args.min_size, max_size=args.max_size,
-                      batch_size=args.batch_size, rcvbuf=args.rcvbuf,
-                      reuseport=args.reuseport, gro=args.gro, **options)
+        options = ReaderOptions.from_args(args, **fields)
+        return Reader(args.address, reuseport=args.reuseport, **options.as_kwargs())
     except (ValueError, TypeError, OSError) as e:
         raise UsageError(describe(e)) from None
 
@@ -165,8 +146,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     if args.count < 1 or args.rounds < 1:
         raise UsageError("--count and --rounds must be at least 1")
-    if not 1 <= args.size <= 65507:
-        raise UsageError(f"--size must be within 1..65507, not {args.size}")
+    if not 1 <= args.size <= MAX_PAYLOAD:
+        raise UsageError(f"--size must be within 1..{MAX_PAYLOAD}, not {args.size}")
     try:
         results = benchmark.compare(args.count, args.size, args.rounds)
     except RuntimeError as e:

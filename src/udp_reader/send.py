@@ -12,6 +12,7 @@ import time
 from typing import List, Optional, Tuple
 
 from udp_reader._sender import BatchSender
+from udp_reader.options import MAX_PAYLOAD
 from udp_reader.sockets import UDP_SEGMENT, Address, parse_address
 
 log = logging.getLogger("udp_reader")
@@ -47,8 +48,8 @@ def parse_sizes(text: str) -> Tuple[int, int]:
         sizes = (int(low), int(high) if sep else int(low))
     except ValueError:
         raise ValueError(f"size {text!r} must be N or MIN-MAX") from None
-    if not 0 <= sizes[0] <= sizes[1] <= 65507:
-        raise ValueError(f"size {text!r} must be within 0..65507, smallest first")
+    if not 0 <= sizes[0] <= sizes[1] <= MAX_PAYLOAD:
+        raise ValueError(f"size {text!r} must be within 0..{MAX_PAYLOAD}, smallest first")
     return sizes
 
 
@@ -80,8 +81,8 @@ class LoadGenerator:
                     contents = f.read()
             except OSError as e:
                 raise OSError(e.errno, f"cannot read payload file {payload[1:]}: {e.strerror}") from None
-            if len(contents) > 65507:
-                raise ValueError(f"payload file {payload[1:]} is over 65507 bytes")
+            if len(contents) > MAX_PAYLOAD:
+                raise ValueError(f"payload file {payload[1:]} is over {MAX_PAYLOAD} bytes")
             sizes = (len(contents), len(contents))
         elif payload not in PAYLOAD_KINDS:
             raise ValueError(f"payload must be seq, random or @FILE, not {payload!r}")
@@ -95,7 +96,7 @@ class LoadGenerator:
             if sizes[0] != sizes[1] or sizes[0] == 0:
                 raise ValueError("GSO sends datagrams of one size: give --size N")
             self.segment = sizes[0]
-            self.per_message = min(GSO_SEGMENTS, 65507 // self.segment)
+            self.per_message = min(GSO_SEGMENTS, MAX_PAYLOAD // self.segment)
         rng = random.Random(0)
         self.lengths = [rng.randint(*sizes) for _ in range(BATCH * 16)]
         slot = sizes[1] * self.per_message

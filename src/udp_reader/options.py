@@ -1,0 +1,107 @@
+"""The Reader's options, declared once: limits, defaults, checks and the
+command-line flags that set them."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import re
+from typing import Any, Dict, Optional
+
+# The largest UDP payload over IPv4: 65535 - 20 (IP header) - 8 (UDP header).
+MAX_PAYLOAD = 65507
+# A UDP length field's limit; the length window may reach it (IPv6 payloads
+# may exceed MAX_PAYLOAD).
+_SIZE_LIMIT = 65535
+MAX_BATCH = 1024
+DEFAULT_BATCH = 64
+# Rides out a worker start on a busy host: at 20 kpps of small datagrams,
+# each ~768 bytes of kernel truesize, the kernel's 208 KiB default holds
+# ~13 ms, while importing numpy and a handler takes far longer.
+DEFAULT_RCVBUF = 32 << 20
+# The kernel takes no larger receive buffer (INT_MAX / 2).
+_RCVBUF_LIMIT = (1 << 30) - 1
+
+
+def _int(name: str, value: object, low: int, high: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{name} must be an int, not {value!r}")
+    if not low <= value <= high:
+        raise ValueError(f"{name} must be within {low}..{high}, not {value}")
+
+
+def _bool(name: str, value: object) -> None:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, not {value!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ReaderOptions:
+    """What a Reader is opened with, checked once here.
+
+    rcvbuf=None leaves the socket's receive buffer as it is.
+    """
+
+    min_size: int = 0
+    max_size: int = MAX_PAYLOAD
+    batch_size: int = DEFAULT_BATCH
+    rcvbuf: Optional[int] = DEFAULT_RCVBUF
+    gro: bool = False
+    timestamps: bool = False
+
+    def __post_init__(self) -> None:
+        _int("min_size", self.min_size, 0, _SIZE_LIMIT)
+        _int("max_size", self.max_size, 0, _SIZE_LIMIT)
+        if self.min_size > self.max_size:
+            raise ValueError(f"min_size ({self.min_size}) must not exceed "
+                             f"max_size ({self.max_size})")
+        _int("batch_size", self.batch_size, 1, MAX_BATCH)
+        if self.rcvbuf is not None:
+            if not isinstance(self.rcvbuf, int) or isinstance(self.rcvbuf, bool):
+                raise TypeError(f"rcvbuf must be a positive int or None, not {self.rcvbuf!r}")
+            if self.rcvbuf <= 0:
+                raise ValueError(f"rcvbuf must be a positive int or None, not {self.rcvbuf}")
+            if self.rcvbuf > _RCVBUF_LIMIT:
+                raise ValueError(f"rcvbuf must be at most {_RCVBUF_LIMIT}, not {self.rcvbuf}")
+        _bool("gro", self.gro)
+        _bool("timestamps", self.timestamps)
+
+    def as_kwargs(self) -> Dict[str, Any]:
+        """The options as keywords for Reader(**...)."""
+        return dataclasses.asdict(self)
+
+    @staticmethod
+    def add_arguments(parser: argparse.ArgumentParser, *, gro: bool = True) -> None:
+        """Add --min-size, --max-size, --batch-size, --rcvbuf and (with
+        `gro`) --no-gro; from_args() checks them."""
+        parser.add_argument("--min-size", type=int, default=0, metavar="N",
+                            help="drop datagrams shorter than N bytes (default 0)")
+        parser.add_argument("--max-size", type=int, default=MAX_PAYLOAD, metavar="N",
+                            help=f"drop datagrams longer than N bytes (default {MAX_PAYLOAD})")
+        parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH, metavar="N",
+                            help=f"datagrams per recvmmsg call, 1..{MAX_BATCH} "
+                                 f"(default {DEFAULT_BATCH})")
+        parser.add_argument("--rcvbuf", type=int, default=DEFAULT_RCVBUF, metavar="BYTES",
+                            help="socket receive buffer size, forced past net.core.rmem_max "
+                                 f"where permitted (default {DEFAULT_RCVBUF})")
+        if gro:
+            parser.add_argument("--no-gro", dest="gro", action="store_false",
+                                help="do not ask the kernel for merged receives (UDP_GRO)")
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, **fields: Any) -> "ReaderOptions":
+        """The options parsed by add_arguments(); `fields` adds what has no
+        flag (timestamps=True). A wrong value is a ValueError in the flags'
+        own spelling, one line for the command to print."""
+        given = {"min_size": args.min_size, "max_size": args.max_size,
+                 "batch_size": args.batch_size, "rcvbuf": args.rcvbuf,
+                 "gro": getattr(args, "gro", False), **fields}
+        try:
+            return cls(**given)
+        except (TypeError, ValueError) as e:
+            raise ValueError(_FLAG_NAMES.sub(lambda m: "--" + m[0].replace("_", "-"),
+                                             str(e))) from None
+
+
+# The options that have a flag of their own, as checks name them.
+_FLAG_NAMES = re.compile(r"\b(min_size|max_size|batch_size|rcvbuf)\b")
