@@ -134,10 +134,16 @@ static uint32_t take_control(ur_engine *e, ur_meta *m, struct msghdr *h,
                    cm->cmsg_type == SO_RXQ_OVFL &&
                    cmsg_holds(h, cm, sizeof(uint32_t))) {
             uint32_t drops;
+            int32_t ahead;
             memcpy(&drops, CMSG_DATA(cm), sizeof drops);
-            /* Cumulative and wrapping: add the unsigned difference. */
-            c->kernel_drops += (uint32_t)(drops - e->last_ovfl);
-            e->last_ovfl = drops;
+            /* Cumulative and wrapping. A datagram carries the count of when
+             * it was queued, which can be older than the last one seen (or
+             * than the baseline taken at start): count forward moves only. */
+            ahead = (int32_t)(drops - e->last_ovfl);
+            if (ahead > 0) {
+                c->kernel_drops += (uint32_t)ahead;
+                e->last_ovfl = drops;
+            }
         } else if (cm->cmsg_level == SOL_UDP && cm->cmsg_type == UDP_GRO &&
                    cmsg_holds(h, cm, sizeof(int))) {
             int size;

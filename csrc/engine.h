@@ -41,7 +41,7 @@ typedef struct ur_engine {
     int gro;                /* split merged (UDP_GRO) receives */
     size_t slot;            /* arena bytes per message */
     uint32_t min_size, max_size;
-    uint32_t last_ovfl;     /* last SO_RXQ_OVFL value seen (wraps) */
+    uint32_t last_ovfl;     /* highest SO_RXQ_OVFL value seen (wraps) */
     struct mmsghdr *msgs;
     struct iovec *iov;
     struct sockaddr_storage *names;

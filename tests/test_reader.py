@@ -415,6 +415,43 @@ def test_kernel_drops_equal_sent_minus_received():
     assert stats.kernel_drops == sent - stats.received
 
 
+def receive_all(reader: Reader) -> int:
+    """Receive everything queued now, without waiting; returns how many."""
+    before = reader.stats.received
+    while reader.receive_batch() is not None:
+        pass
+    return reader.stats.received - before
+
+
+def test_a_queue_stamped_with_older_drop_counts_counts_only_new_drops():
+    # Every queued datagram carries the drop count of when it was queued.
+    # A reader taking over a queue whose datagrams predate later drops must
+    # neither count those (they are not its own) nor wrap to ~2**32.
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        sockets.enable_metadata(sock)
+        sockets.set_rcvbuf(sock, 4096)
+        address = sock.getsockname()
+        send(address, [b"x" * 100] * 200)  # fills the queue, then drops
+        sock.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            while True:
+                sock.recv(1)
+        send(address, [b"x" * 100] * 200)  # queued with the first drop count; more dropped
+        taken_over = sockets.kernel_drops(sock)
+        with Reader.from_socket(sock, rcvbuf=None) as reader:
+            assert receive_all(reader) > 0
+            assert reader.stats.kernel_drops == 0
+            sent = send(address, [b"x" * 100] * 200)
+            received = receive_all(reader)
+            sent += send(address, [b"late"])  # carries the count of the new drops
+            received += receive_all(reader)
+            drops = reader.stats.kernel_drops
+        new = sockets.kernel_drops(sock) - taken_over
+    assert 0 < new == sent - received
+    assert drops == new
+
+
 def test_counters_add_up():
     with Reader("127.0.0.1:0", min_size=2, max_size=10) as reader:
         send(reader.address, [b"", b"a", b"ab", b"abc", b"x" * 11, b"x" * 10] * 5)

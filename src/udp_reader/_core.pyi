@@ -15,6 +15,8 @@ class Stats(NamedTuple):
     too_short: int
     too_long: int
     ctrunc: int
+    # Receive buffers the kernel dropped on a full queue: one per datagram,
+    # but one per merged receive (up to 64 datagrams) with gro=True.
     kernel_drops: int
     batches: int
     bytes: int
@@ -124,4 +126,5 @@ def _engine_feed(
     min_size: int = 0,
     max_size: int = MAX_PAYLOAD,
     gro: bool = False,
+    last_ovfl: int = 0,
 ) -> Tuple[List[Dict[str, int]], Dict[str, int]]: ...

@@ -55,7 +55,13 @@ Stats.__doc__ = """Counters of a Reader since it was opened.
 
 received = delivered + too_short + too_long + packets still pending
 (left undelivered by stop() or a callback that raised; the next run
-delivers them first)."""
+delivers them first).
+
+kernel_drops counts the receive buffers the kernel dropped on a full queue
+since the reader took the socket (SO_RXQ_OVFL): one per datagram, but with
+gro=True a dropped merged receive of up to 64 datagrams of one flow counts
+once (measured: 63,488 datagrams lost, 992 counted). A drop shows once a
+datagram queued after it is received."""
 
 
 cdef str _host(int family, const uint8_t *addr):
@@ -665,11 +671,13 @@ cdef class Reader:
 
 
 def _engine_feed(bytes control, bytes name, uint32_t length, int flags, *,
-                 min_size=0, max_size=MAX_PAYLOAD, gro=False):
-    """Test-only: the engine's per-datagram parsing on arbitrary bytes.
+                 min_size=0, max_size=MAX_PAYLOAD, gro=False, uint32_t last_ovfl=0):
+    """Test-only: the engine's per-datagram parsing on arbitrary bytes, with
+    `last_ovfl` the drop count the engine saw last.
 
     Returns (records, counters): records as dicts of offset, length, segment,
-    family, src_port, ifindex; counters as a dict."""
+    family, src_port, ifindex; counters as a dict, with the engine's
+    last_ovfl after the datagram."""
     cdef ur_engine engine
     cdef ur_counters c
     cdef ur_meta *meta
@@ -678,6 +686,7 @@ def _engine_feed(bytes control, bytes name, uint32_t length, int flags, *,
     memset(&c, 0, sizeof(c))
     if ur_engine_init(&engine, 1, options.min_size, options.max_size, options.gro) < 0:
         raise MemoryError()
+    engine.last_ovfl = last_ovfl
     meta = <ur_meta *>malloc(engine.max_records * sizeof(ur_meta))
     try:
         if meta == NULL:
@@ -692,7 +701,8 @@ def _engine_feed(bytes control, bytes name, uint32_t length, int flags, *,
                    for i in range(n)]
         return records, {"received": c.received, "too_short": c.too_short,
                          "too_long": c.too_long, "ctrunc": c.ctrunc,
-                         "kernel_drops": c.kernel_drops, "bytes": c.bytes,
+                         "kernel_drops": c.kernel_drops, "last_ovfl": engine.last_ovfl,
+                         "bytes": c.bytes,
                          "buffer": engine.slot if gro else options.max_size}
     finally:
         free(meta)
