@@ -7,7 +7,7 @@ import pytest
 
 from conftest import DEADLINE, collect, send
 from udp_reader import Reader
-from udp_reader.handoff import is_shed
+from udp_reader.sockets import is_shed
 
 
 def seq(start, stop):

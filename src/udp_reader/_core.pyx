@@ -27,7 +27,7 @@ import os
 import socket
 import time
 
-from udp_reader import handoff, sockets
+from udp_reader import sockets
 from udp_reader.options import DEFAULT_BATCH, DEFAULT_RCVBUF, MAX_PAYLOAD, ReaderOptions
 
 cdef extern from "<arpa/inet.h>" nogil:
@@ -536,8 +536,8 @@ cdef class Reader:
         take the new ones; with none left, the kernel refuses them."""
         self._check_open()
         # Another holder of a shared socket may have shed it already.
-        if self._shed_peer is None and not handoff.is_shed(self._sock):
-            self._shed_peer = handoff.shed(self._sock)
+        if self._shed_peer is None and not sockets.is_shed(self._sock):
+            self._shed_peer = sockets.shed(self._sock)
 
     def drain(self, on_packet=None, *, on_batch=None, bint shed=True,
               double grace=0.05, timeout=None):

@@ -1,14 +1,8 @@
-"""Handing a UDP port from one process to another without losing a datagram.
-
-Two ways, from the kernel's own mechanisms:
-
-- Shed and drain (separate sockets in one SO_REUSEPORT group): connect()
-  the old socket to a loopback peer that never sends. The kernel stops
-  steering new datagrams to it, the other members take them, and what is
-  already queued stays readable. Closing instead would free the queue.
-- Share the very socket: pass its descriptor on, by inheritance across exec
-  or over a private Unix socket (SCM_RIGHTS). One queue, nothing to drain:
-  the old process just stops reading.
+"""Handing a UDP socket from one process to another: its descriptor passed
+on, by inheritance across exec or over a private Unix socket (SCM_RIGHTS).
+One queue, nothing to drain: the old process just stops reading. (Separate
+sockets in one SO_REUSEPORT group hand over by shedding instead: see
+udp_reader.sockets.shed.)
 """
 
 from __future__ import annotations
@@ -21,52 +15,14 @@ import stat
 import struct
 from typing import List, MutableMapping, Sequence, Tuple
 
+# moved; kept for the serve rebuild
+from udp_reader.sockets import is_shed, shed  # noqa: F401
+
 log = logging.getLogger("udp_reader")
 
 # How many descriptors and how much name text one handoff may carry.
 MAX_FDS = 64
 MAX_MESSAGE = 64 * 1024
-
-
-def shed(sock: socket.socket) -> socket.socket:
-    """Connect `sock` to a throwaway loopback peer of our own, so the kernel
-    stops queueing new datagrams on it. Returns the peer: keep it open until
-    `sock` is closed, so no stranger can take its port and send to us."""
-    if sock.family == socket.AF_INET6:
-        try:
-            peer = _bound(socket.AF_INET6, "::1")
-            target = peer.getsockname()[:2]
-        except OSError:  # IPv6 loopback missing: a mapped IPv4 peer works too
-            peer = _bound(socket.AF_INET, "127.0.0.1")
-            target = ("::ffff:127.0.0.1", peer.getsockname()[1])
-    else:
-        peer = _bound(socket.AF_INET, "127.0.0.1")
-        target = peer.getsockname()
-    try:
-        sock.connect(target)
-    except BaseException:
-        peer.close()
-        raise
-    return peer
-
-
-def _bound(family: int, host: str) -> socket.socket:
-    s = socket.socket(family, socket.SOCK_DGRAM)
-    try:
-        s.bind((host, 0))
-    except BaseException:
-        s.close()
-        raise
-    return s
-
-
-def is_shed(sock: socket.socket) -> bool:
-    """True once `sock` has been connected (shed) by any holder of it."""
-    try:
-        sock.getpeername()
-    except OSError:
-        return False
-    return True
 
 
 # -- descriptor passing over a private Unix socket ------------------------------

@@ -1,4 +1,5 @@
-"""Address parsing and UDP socket creation with the options the engine needs."""
+"""Address parsing, UDP socket creation with the options the engine needs,
+and shedding a socket out of its SO_REUSEPORT group."""
 
 from __future__ import annotations
 
@@ -231,3 +232,47 @@ def queue_filling(sock: socket.socket) -> bool:
     """True while the receive queue is over half full (drops may follow)."""
     info = meminfo(sock)
     return len(info) > 1 and info[0] * 2 > info[1]
+
+
+# -- shedding: leaving the SO_REUSEPORT group without losing the queue ---------
+
+def shed(sock: socket.socket) -> socket.socket:
+    """Connect `sock` to a throwaway loopback peer of our own, so the kernel
+    stops queueing new datagrams on it while those queued stay readable
+    (closing would free them). Returns the peer: keep it open until `sock`
+    is closed, so no stranger can take its port and send to us."""
+    if sock.family == socket.AF_INET6:
+        try:
+            peer = _bound(socket.AF_INET6, "::1")
+            target = peer.getsockname()[:2]
+        except OSError:  # IPv6 loopback missing: a mapped IPv4 peer works too
+            peer = _bound(socket.AF_INET, "127.0.0.1")
+            target = ("::ffff:127.0.0.1", peer.getsockname()[1])
+    else:
+        peer = _bound(socket.AF_INET, "127.0.0.1")
+        target = peer.getsockname()
+    try:
+        sock.connect(target)
+    except BaseException:
+        peer.close()
+        raise
+    return peer
+
+
+def _bound(family: int, host: str) -> socket.socket:
+    s = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        s.bind((host, 0))
+    except BaseException:
+        s.close()
+        raise
+    return s
+
+
+def is_shed(sock: socket.socket) -> bool:
+    """True once `sock` has been connected (shed) by any holder of it."""
+    try:
+        sock.getpeername()
+    except OSError:
+        return False
+    return True
