@@ -1,10 +1,13 @@
-"""Socket helpers: the receive buffer."""
+"""Socket helpers: the receive buffer, discarding a queue."""
 
 from __future__ import annotations
 
 import socket
 
-from conftest import as_nobody, rmem, root_only
+import pytest
+
+from conftest import as_nobody, rmem, root_only, send
+from test_gro import numbered, send_gso
 from udp_reader import sockets
 
 
@@ -51,3 +54,29 @@ def test_capped_buffer_warns_once_per_process():
     assert f"asked for {2 * cap} bytes" in warning
     assert f"granted {cap}" in warning
     assert f"sysctl -w net.core.rmem_max={2 * cap}" in warning
+
+
+def test_discard_queue_counts_and_empties_the_queue():
+    with udp_socket() as s:
+        sockets.enable_metadata(s)
+        sockets.enable_timestamps(s)
+        s.settimeout(5.0)  # must not wait all the same
+        assert sockets.discard_queue(s) == 0
+        send(s.getsockname(), [b"", b"x", bytes(65507)] + [b"y" * 100] * 50)
+        assert sockets.discard_queue(s) == 53
+        assert sockets.discard_queue(s) == 0
+        assert s.gettimeout() == 5.0
+
+
+@pytest.mark.parametrize("gro", [False, True])
+def test_discard_queue_counts_every_datagram_of_a_merged_receive(gro):
+    with udp_socket() as s:
+        sockets.enable_metadata(s)
+        if gro:
+            assert sockets.enable_gro(s)
+        send_gso(s.getsockname(), numbered(10, 100) + b"tail", 100)  # 10 x 100, then 4
+        send_gso(s.getsockname(), numbered(64, 64), 64)
+        first = len(s.recv(65536, socket.MSG_PEEK))
+        assert first == (1004 if gro else 100)  # merged, or not
+        assert sockets.discard_queue(s) == 11 + 64
+        assert sockets.discard_queue(s) == 0

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import socket
 import struct
-from typing import Tuple, Union
+from typing import List, Tuple, Union
 
 Address = Union[str, int, Tuple[str, int]]
 
@@ -232,6 +233,50 @@ def queue_filling(sock: socket.socket) -> bool:
     """True while the receive queue is over half full (drops may follow)."""
     info = meminfo(sock)
     return len(info) > 1 and info[0] * 2 > info[1]
+
+
+# Receives discard_queue() makes at most: a sender faster than us must not
+# keep it reading forever.
+_DISCARD_LIMIT = 1 << 20
+# Room for every control message the engine enables at once.
+_CONTROL_SIZE = 256
+
+
+def discard_queue(sock: socket.socket) -> int:
+    """Read and throw away every datagram queued on `sock`, without waiting;
+    returns how many datagrams that was (a merged UDP_GRO receive counts
+    each of its segments). For counting what a close would free silently."""
+    if sock.gettimeout() in (None, 0.0):
+        return _discard(sock)
+    # A socket with a timeout waits for readability before it receives; a
+    # non-blocking duplicate does not (its file is non-blocking already).
+    with socket.socket(fileno=os.dup(sock.fileno())) as dup:
+        dup.setblocking(False)
+        return _discard(dup)
+
+
+def _discard(sock: socket.socket) -> int:
+    buffer = bytearray(65536)  # a merged receive or the largest datagram
+    count = 0
+    for _ in range(_DISCARD_LIMIT):
+        try:
+            length, ancdata, _, _ = sock.recvmsg_into(
+                [buffer], _CONTROL_SIZE, socket.MSG_DONTWAIT | socket.MSG_TRUNC)
+        except BlockingIOError:
+            break
+        except ConnectionRefusedError:  # a pending ICMP error, not a datagram
+            continue
+        count += _segments(length, ancdata)
+    return count
+
+
+def _segments(length: int, ancdata: List[Tuple[int, int, bytes]]) -> int:
+    for level, kind, data in ancdata:
+        if level == socket.IPPROTO_UDP and kind == UDP_GRO and len(data) >= 4:
+            (segment,) = struct.unpack("i", data[:4])
+            if 0 < segment < length:
+                return -(-length // segment)
+    return 1
 
 
 # -- shedding: leaving the SO_REUSEPORT group without losing the queue ---------
