@@ -7,7 +7,8 @@ import logging
 import os
 import socket
 import threading
-from typing import Callable, Dict, Iterable, List
+import time
+from typing import Callable, Dict, Iterable, List, Sequence
 
 import pytest
 
@@ -57,6 +58,44 @@ def collect(reader: Reader, count: int, *, keep: Callable = lambda p: p.data,
     finally:
         guard.cancel()
     return got
+
+
+def steer(readers: Sequence[Reader], flows: int, *, tries: int = 20
+          ) -> List[List[socket.socket]]:
+    """`flows` sender sockets on loopback (a source port each), grouped by
+    the reader of the port's SO_REUSEPORT group the kernel's hash steers
+    each to. One probe per flow finds out (and is read back, so the
+    queues are as they were); flows are drawn anew until every reader has
+    some, at most `tries` times."""
+    address = readers[0].address
+    for _ in range(tries):
+        senders = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(flows)]
+        for s in senders:
+            s.bind(("127.0.0.1", 0))
+            s.sendto(b"probe", address)  # loopback: queued before sendto returns
+        groups = []
+        for r in readers:
+            ports = set()
+            while (batch := r.receive_batch()) is not None:
+                ports.update(p.src[1] for p in batch)
+            groups.append([s for s in senders if s.getsockname()[1] in ports])
+        if all(groups) and sum(map(len, groups)) == flows:
+            return groups
+        for s in senders:
+            s.close()
+    pytest.fail(f"the kernel never spread {flows} flows over {len(readers)} sockets")
+
+
+def wait_until_bound(port: int) -> None:
+    """Wait until some IPv4 UDP socket is bound to `port` (/proc/net/udp)."""
+    local = f":{port:04X}"  # local_address is HEXADDR:HEXPORT
+    deadline = time.monotonic() + DEADLINE
+    while time.monotonic() < deadline:
+        with open("/proc/net/udp") as f:
+            if any(line.split()[1].endswith(local) for line in f.readlines()[1:]):
+                return
+        time.sleep(0.01)
+    pytest.fail(f"nothing bound UDP port {port} within {DEADLINE} s")
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ import threading
 
 import pytest
 
-from conftest import DEADLINE, collect, send
+from conftest import DEADLINE, collect, send, steer
 from udp_reader import Reader
 from udp_reader.sockets import is_shed
 
@@ -15,26 +15,29 @@ def seq(start, stop):
 
 
 def test_drain_hands_over_to_the_other_socket_without_loss():
-    with Reader("127.0.0.1:0", rcvbuf=4 << 20) as old:
+    with Reader("127.0.0.1:0") as old, Reader(old.address) as new:
         address = old.address
-        with Reader(address, rcvbuf=4 << 20) as new:
-            senders = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(16)]
-            try:
-                # Both sockets receive; then the old one sheds mid-stream.
-                for i, payload in enumerate(seq(0, 4000)):
-                    senders[i % 16].sendto(payload, address)
-                got_old = []
-                drained = old.drain(lambda p: got_old.append(p.data))
-                for i, payload in enumerate(seq(4000, 8000)):
-                    senders[i % 16].sendto(payload, address)
-            finally:
-                for s in senders:
-                    s.close()
-            assert old.closed
-            assert drained == len(got_old) > 0
-            got_new = collect(new, 8000 - len(got_old))
+        # The kernel's hash decides which flows the old socket gets: make
+        # sure it gets some, so there is something to drain.
+        to_old, to_new = steer([old, new], 16)
+        senders = to_old + to_new
+        try:
+            # Both sockets receive; then the old one sheds mid-stream.
+            for i, payload in enumerate(seq(0, 4000)):
+                senders[i % 16].sendto(payload, address)
+            got_old = []
+            drained = old.drain(lambda p: got_old.append(p.data))
+            for i, payload in enumerate(seq(4000, 8000)):
+                senders[i % 16].sendto(payload, address)
+        finally:
+            for s in senders:
+                s.close()
+        assert old.closed
+        # Exactly what the old socket's flows sent before the shed.
+        assert drained == len(got_old)
+        assert sorted(got_old) == [p for i, p in enumerate(seq(0, 4000)) if i % 16 < len(to_old)]
+        got_new = collect(new, 8000 - len(got_old))
     assert sorted(got_old + got_new) == seq(0, 8000)
-    assert all(int.from_bytes(p, "big") < 4000 for p in got_old)
 
 
 def test_drain_of_the_last_socket_delivers_the_queue_and_refuses_new_datagrams():
@@ -51,8 +54,10 @@ def test_drain_of_the_last_socket_delivers_the_queue_and_refuses_new_datagrams()
 
 def test_drain_while_another_thread_keeps_sending():
     count = 20000
-    with Reader("127.0.0.1:0", rcvbuf=8 << 20) as new:
-        old = Reader(new.address, rcvbuf=8 << 20)
+    # Whatever flows the kernel's hash gives each socket, both queues hold
+    # all they get: the default buffer takes the whole run.
+    with Reader("127.0.0.1:0") as new:
+        old = Reader(new.address)
         got_old, got_new = [], []
         halfway = threading.Event()
 

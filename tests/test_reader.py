@@ -9,7 +9,8 @@ import threading
 import numpy as np
 import pytest
 
-from conftest import DEADLINE, as_nobody, collect, lo_index, open_fds, rmem, root_only, send
+from conftest import (DEADLINE, as_nobody, collect, lo_index, open_fds, rmem, root_only, send,
+                      steer, wait_until_bound)
 from udp_reader import Reader, listen, sockets
 from udp_reader.options import DEFAULT_RCVBUF
 
@@ -276,10 +277,15 @@ def test_run_is_not_reentrant(reader):
 
 def test_two_readers_on_one_port_both_receive():
     with Reader("127.0.0.1:0") as a, Reader(a.address) as b:
-        for _ in range(64):  # many source ports, so the hash spreads them
-            send(a.address, [b"x"])
-        assert collect(a, 1) == [b"x"]
-        assert collect(b, 1) == [b"x"]
+        to_a, to_b = steer([a, b], 8)  # flows the kernel's hash spreads over both
+        try:
+            to_a[0].sendto(b"a", a.address)
+            to_b[0].sendto(b"b", a.address)
+            assert collect(a, 1) == [b"a"]
+            assert collect(b, 1) == [b"b"]
+        finally:
+            for s in to_a + to_b:
+                s.close()
 
 
 def test_port_in_use_without_reuseport():
@@ -480,10 +486,16 @@ def test_listen_helper_calls_back_with_payloads():
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    sender = threading.Timer(0.2, send, (("127.0.0.1", port), [b"a", b"b"]))
-    sender.start()
+
+    def sender():
+        wait_until_bound(port)  # sent earlier, they would be refused
+        send(("127.0.0.1", port), [b"a", b"b"])
+
+    thread = threading.Thread(target=sender)
+    thread.start()
     with pytest.raises(Done):
         listen(("127.0.0.1", port), callback)
+    thread.join(DEADLINE)
     assert got == [b"a", b"b"]
 
 
