@@ -13,6 +13,7 @@ from typing import Optional, Sequence
 
 from udp_reader import Reader, __version__, sockets
 from udp_reader.options import MAX_PAYLOAD, ReaderOptions
+from udp_reader.serve import config as serve_config
 from udp_reader.status import StatusLine
 
 log = logging.getLogger("udp_reader")
@@ -168,27 +169,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from udp_reader.supervisor import Arbiter, Config, StartError
+    from udp_reader.serve.arbiter import Arbiter, StartError
+    from udp_reader.serve.config import Config
 
-    if args.workers < 1:
-        raise UsageError(f"--workers must be at least 1, not {args.workers}")
-    if args.min_size > args.max_size:
-        raise UsageError(f"--min-size ({args.min_size}) must not exceed --max-size ({args.max_size})")
-    if not 1 <= args.batch_size <= 1024:
-        raise UsageError(f"--batch-size must be within 1..1024, not {args.batch_size}")
-    config = Config(
-        handler=args.handler, bind=args.bind, argv=args.argv, workers=args.workers,
-        shared=args.shared, batches=args.batches, min_size=args.min_size,
-        max_size=args.max_size, batch_size=args.batch_size, rcvbuf=args.rcvbuf,
-        gro=args.gro, grace=args.grace, graceful_timeout=args.graceful_timeout,
-        start_timeout=args.start_timeout, pid_file=args.pid_file,
-        handoff_dir=args.handoff, takeover_dir=args.takeover)
+    try:
+        config = Config.from_args(args)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     try:
         return Arbiter(config).run()
-    except (StartError, ValueError, OSError) as e:
-        # These come from setting up (binding, the pid file, the first
-        # workers): a wrong input.
-        raise UsageError(describe(e)) from None
+    except StartError as e:  # binding, the pid file, the first workers: a wrong input
+        raise UsageError(str(e)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -262,42 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", action="store_true", help="print JSON")
     bench.set_defaults(func=cmd_bench)
 
-    serve = sub.add_parser(
-        "serve", help="run a handler in supervised worker processes",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Run MODULE:CALLABLE on every packet (or batch) in worker processes "
-                    "that share one port, with restarts that lose nothing.",
-        epilog="signals to the master:\n"
-               "  HUP         rolling restart; new workers import the handler anew\n"
-               "  TERM        graceful stop: every worker drains, then exit 0\n"
-               "  INT, QUIT   fast stop\n"
-               "  TTIN, TTOU  one worker more, one fewer\n"
-               "  USR2        upgrade the master itself\n\n"
-               "example:\n  udp-reader serve myapp.udp:handle --bind :9000 --workers 2")
-    serve.add_argument("handler", metavar="MODULE:CALLABLE",
-                       help="called with each Packet (or each Batch with --batches)")
-    serve.add_argument("--bind", metavar="ADDRESS",
-                       help="address to serve; not needed under socket activation")
-    serve.add_argument("--workers", type=int, default=1, metavar="N",
-                       help="worker processes (default 1)")
-    serve.add_argument("--shared", action="store_true",
-                       help="all workers read one socket instead of one socket each")
-    serve.add_argument("--batches", action="store_true",
-                       help="call the handler once per received batch")
-    _add_reader_options(serve)
-    serve.add_argument("--grace", type=float, default=0.05, metavar="S",
-                       help="a draining socket is done once idle this long (default 0.05)")
-    serve.add_argument("--graceful-timeout", type=float, default=30.0, metavar="S",
-                       help="longest a worker may take to drain (default 30)")
-    serve.add_argument("--start-timeout", type=float, default=30.0, metavar="S",
-                       help="longest a new worker may take to be ready (default 30)")
-    serve.add_argument("--pid-file", metavar="FILE", help="write the master's pid here")
-    serve.add_argument("--handoff", metavar="DIR",
-                       help="with --shared: offer the socket to a successor over a Unix "
-                            "socket in DIR (made mode 0700)")
-    serve.add_argument("--takeover", metavar="DIR",
-                       help="read the socket a running master offers in DIR (--handoff); "
-                            "then TERM that master: one queue, nothing to drain")
+    serve = serve_config.add_parser(sub)
     serve.set_defaults(func=cmd_serve)
     return parser
 

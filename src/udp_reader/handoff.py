@@ -13,7 +13,7 @@ import os
 import socket
 import stat
 import struct
-from typing import List, MutableMapping, Sequence, Tuple
+from typing import List, MutableMapping, Optional, Sequence, Tuple
 
 # moved; kept for the serve rebuild
 from udp_reader.sockets import is_shed, shed  # noqa: F401
@@ -50,19 +50,25 @@ class HandoffServer:
     def __init__(self, path: str) -> None:
         self.path = path
         self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        # Bound under a name of our own, then renamed over `path`: the path
+        # always leads to a live server, the old one's until ours is ready.
+        fresh = f"{path}.{os.getpid()}.new"
         try:
-            if os.path.exists(path):
-                os.unlink(path)
+            if os.path.lexists(fresh):
+                os.unlink(fresh)
             old_umask = os.umask(0o177)
             try:
-                self._listener.bind(path)
+                self._listener.bind(fresh)
             finally:
                 os.umask(old_umask)
-            os.chmod(path, 0o600)
-            self._inode = os.stat(path).st_ino
+            os.chmod(fresh, 0o600)
+            self._inode = os.stat(fresh).st_ino
             self._listener.listen(8)
+            os.replace(fresh, path)
         except BaseException:
             self._listener.close()
+            if os.path.lexists(fresh):
+                os.unlink(fresh)
             raise
 
     def fileno(self) -> int:
@@ -73,19 +79,33 @@ class HandoffServer:
         """Accept one peer (waiting at most `timeout` seconds) and send it
         `socks` (name, socket). Returns True if they were sent, False if the
         peer was refused."""
+        conn = self.accept_one(socks, timeout)
+        if conn is None:
+            return False
+        conn.close()
+        return True
+
+    def accept_one(self, socks: Sequence[Tuple[str, socket.socket]],
+                   timeout: float = 5.0) -> Optional[socket.socket]:
+        """serve_one(), keeping the connection open: it says, by closing,
+        when the peer is gone. None if the peer was refused."""
         self._listener.settimeout(timeout)
         conn, _ = self._listener.accept()
-        with conn:
+        try:
             conn.settimeout(timeout)
             pid, uid, _ = peer_credentials(conn)
             if uid != os.getuid():
                 log.warning("handoff refused to pid %d of uid %d", pid, uid)
                 conn.sendall(json.dumps({"error": "refused: another user"}).encode())
-                return False
+                conn.close()
+                return None
             message = json.dumps({"names": [name for name, _ in socks]}).encode()
             socket.send_fds(conn, [message], [s.fileno() for _, s in socks])
-            log.info("handed %d socket(s) to pid %d", len(socks), pid)
-            return True
+        except BaseException:
+            conn.close()
+            raise
+        log.info("handed %d socket(s) to pid %d", len(socks), pid)
+        return conn
 
     def close(self) -> None:
         self._listener.close()
@@ -112,7 +132,17 @@ def peer_credentials(conn: socket.socket) -> Tuple[int, int, int]:
 
 def fetch_sockets(path: str, timeout: float = 5.0) -> List[Tuple[str, socket.socket]]:
     """Ask the HandoffServer at `path` for its sockets: [(name, socket)]."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as conn:
+    conn, socks = take_sockets(path, timeout)
+    conn.close()
+    return socks
+
+
+def take_sockets(path: str, timeout: float = 5.0
+                 ) -> Tuple[socket.socket, List[Tuple[str, socket.socket]]]:
+    """fetch_sockets(), keeping the connection open: closing it tells the
+    server (HandoffServer.accept_one) that we are gone."""
+    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
         conn.settimeout(timeout)
         try:
             conn.connect(path)
@@ -133,7 +163,10 @@ def fetch_sockets(path: str, timeout: float = 5.0) -> List[Tuple[str, socket.soc
             for s in socks:
                 s.close()
             raise
-    return list(zip(names, socks))
+    except BaseException:
+        conn.close()
+        raise
+    return conn, list(zip(names, socks))
 
 
 # -- inheritance across exec ---------------------------------------------------

@@ -1,0 +1,12 @@
+"""`udp-reader serve`: a master process supervising workers that share one
+UDP port, restarted, resized and upgraded without losing a datagram.
+
+    config.py     what it is asked to do (options, flags, checks)
+    arbiter.py    the master's loop over slots and workers; signals
+    listeners.py  the sockets the master holds
+    upgrade.py    sockets from a service manager, a predecessor or a peer
+    workers.py    a worker process, as the master sees it
+    protocol.py   what master and worker say to each other
+    worker.py     the worker process itself
+    pidfile.py    the pid file
+"""

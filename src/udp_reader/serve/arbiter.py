@@ -1,0 +1,724 @@
+"""The `udp-reader serve` master: one loop that never blocks, over slots and
+the workers that read them.
+
+A slot is one reader's place on the port: its socket (its own SO_REUSEPORT
+socket, or with --shared and under socket activation, the one socket all
+slots read) and the worker reading it. A rolling restart passes each slot's
+socket to a new worker like a baton: the new one gets ready without
+reading, the old one finishes the receive it holds and says so, then the new
+one reads. The group never changes, so neither does any flow's slot.
+
+Signals are a table (SIGNALS); each handler only records what was asked,
+and the loop advances every slot and worker a step at a time:
+
+    HUP         rolling restart (HUPs during one merge into one more)
+    TERM        graceful stop; INT too, and a second INT makes it fast
+    QUIT        fast stop
+    TTIN, TTOU  one slot more, one fewer (the one removed drains)
+    USR2        upgrade: a new master takes every socket across exec
+"""
+
+from __future__ import annotations
+
+import collections
+import enum
+import logging
+import os
+import selectors
+import signal
+import socket
+import subprocess
+import time
+from typing import Callable, Deque, Dict, List, Optional
+
+from udp_reader import handoff, sockets, systemd
+from udp_reader.serve import protocol, upgrade
+from udp_reader.serve.config import Config
+from udp_reader.serve.listeners import Listener
+from udp_reader.serve.pidfile import PidFile
+from udp_reader.serve.workers import State, WorkerProcess, exit_reason, spawn
+
+log = logging.getLogger("udp_reader")
+
+TICK = 0.1              # longest the loop sleeps
+HANDOVER_WAIT = 1.0     # longest a ready worker waits for its predecessor to let go
+KILL_GRACE = 2.0        # past --graceful-timeout before a leaving worker is killed
+FAST_STOP = 5.0         # longest a fast stop waits before it kills
+MAX_BACKOFF = 30.0      # between attempts to start a worker for a slot without one
+NEVER = float("inf")
+
+SIGNALS = {
+    signal.SIGHUP: "reload",
+    signal.SIGTERM: "stop",
+    signal.SIGINT: "interrupt",
+    signal.SIGQUIT: "quit",
+    signal.SIGTTIN: "more",
+    signal.SIGTTOU: "fewer",
+    signal.SIGUSR2: "upgrade",
+}
+
+
+class StartError(Exception):
+    """The server cannot start: one line for the operator."""
+
+
+class Phase(enum.Enum):
+    STARTING = "starting"   # first workers getting ready
+    HANDOVER = "handover"   # ready; the master we upgrade from is leaving
+    RUNNING = "running"
+    STOPPING = "stopping"
+
+
+class Slot:
+    def __init__(self, index: int, listener: Listener) -> None:
+        self.index = index
+        self.listener = listener
+        self.worker: Optional[WorkerProcess] = None     # reads it (or is leaving it)
+        self.successor: Optional[WorkerProcess] = None  # getting ready to take over
+        self.draining = False   # out of the group: read until empty, then closed
+        self.served = False     # has had a reader: a failed start is retried
+        self.failures = 0
+        self.retry_at = 0.0
+        self.handover_at = NEVER
+
+    def __str__(self) -> str:
+        return f"slot {self.index}"
+
+
+class Arbiter:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.phase = Phase.STARTING
+        self.shared = config.shared
+        self.slots: List[Slot] = []
+        self.drains: List[Slot] = []     # left the group, queue still to read
+        self.workers: Dict[int, WorkerProcess] = {}
+        self.target = config.workers
+        self.generation = 0
+        self.reloading = False
+        self.upgrade_asked = False
+        self.fast = False
+        self.announced = False
+        self.port: Optional[int] = None
+        self.address = ""
+        self.signals: Deque[int] = collections.deque()
+        self.selector = selectors.DefaultSelector()
+        self.pid_file: Optional[PidFile] = None
+        self.handoff_path: Optional[str] = None
+        self.handoff_server: Optional[handoff.HandoffServer] = None
+        # Others holding our sockets: a master we upgrade from or to, and
+        # takeover peers. While any does, no socket is shed.
+        self.predecessor: Optional[upgrade.Predecessor] = None
+        self.predecessor_fd: Optional[int] = None
+        self.successor: Optional[subprocess.Popen] = None
+        self.peers: List[socket.socket] = []
+        self.handover_deadline = NEVER
+        self.totals: collections.Counter = collections.Counter()
+        self.kernel_drops = 0
+        self.next_watch = 0.0
+        self.status = ""
+
+    # -- set-up and the loop ---------------------------------------------------------
+
+    def run(self) -> int:
+        try:
+            self._setup()
+            return self._loop()
+        finally:
+            self._close()
+
+    def _setup(self) -> None:
+        c = self.config
+        try:
+            if c.pid_file:
+                try:
+                    self.pid_file = PidFile(c.pid_file)
+                except OSError as e:
+                    raise StartError(f"cannot write pid file {c.pid_file}: {e.strerror}") from None
+            if c.handoff_dir:
+                self.handoff_path = handoff.private_path(c.handoff_dir)
+            self._open_listeners()
+        except OSError as e:
+            raise StartError(_text(e)) from None
+        read_end, write_end = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._wakeup = (read_end, write_end)
+        self.selector.register(read_end, selectors.EVENT_READ, "wakeup")
+        signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
+        for sig in (*SIGNALS, signal.SIGCHLD):
+            signal.signal(sig, lambda signum, _frame: self.signals.append(signum))
+
+    def _open_listeners(self) -> None:
+        c = self.config
+        self.predecessor, handed = upgrade.inherited()
+        if not handed and c.takeover_dir:
+            conn, handed = upgrade.take_over(c.takeover_dir)
+            self._add_peer(conn)
+        if self.predecessor is not None:
+            self.target = self.predecessor.workers
+            try:
+                self.predecessor_fd = os.pidfd_open(self.predecessor.pid)
+                self.selector.register(self.predecessor_fd, selectors.EVENT_READ, "predecessor")
+            except ProcessLookupError:
+                pass
+        if not handed:
+            if not c.bind:
+                raise StartError("no address: give --bind or start under socket activation")
+            shared = self._new_listener() if self.shared else None
+            self.slots = [Slot(i, shared or self._new_listener()) for i in range(self.target)]
+            return
+        for h in handed:
+            sockets.check_udp(h.sock)
+            if c.reader.rcvbuf is not None:
+                sockets.set_rcvbuf(h.sock, c.reader.rcvbuf, at_least=True)
+        self.port = handed[0].sock.getsockname()[1]
+        if self.shared or handed[0].slot is None or any(h.external for h in handed):
+            self.shared = True
+            first = Listener(handed[0].sock, external=handed[0].external)
+            for extra in handed[1:]:
+                log.warning("serving only the first of %d sockets passed", len(handed))
+                extra.sock.close()
+            self.slots = [Slot(i, first) for i in range(self.target)]
+            return
+        for h in handed:
+            self.slots.append(Slot(h.slot, Listener(h.sock)))
+        self.target = max(self.target, len(self.slots))
+        self._add_missing_slots()
+
+    def _new_listener(self) -> Listener:
+        sock, sockaddr = sockets.unbound_socket(self.config.bind, reuseport=True,
+                                                rcvbuf=self.config.reader.rcvbuf)
+        return Listener(sock, sockaddr)
+
+    def _loop(self) -> int:
+        while True:
+            self._wait()
+            self._reap()
+            while self.signals:
+                name = SIGNALS.get(self.signals.popleft())
+                if name is not None:
+                    getattr(self, "on_" + name)()
+            self._check_successor()
+            now = time.monotonic()
+            if self.phase is not Phase.STOPPING:
+                self._advance(now)
+            self._check_deadlines(now)
+            if now >= self.next_watch:
+                self._watch_drops()
+                self.next_watch = now + 1.0
+            self._tell_status()
+            if self.phase is Phase.STOPPING and not self.workers:
+                return self._finish()
+
+    def _wait(self) -> None:
+        for key, _ in self.selector.select(TICK):
+            data = key.data
+            if data == "wakeup":
+                try:
+                    while os.read(key.fd, 512):
+                        pass
+                except BlockingIOError:
+                    pass
+            elif data == "handoff":
+                self._offer()
+            elif data == "predecessor":
+                self._predecessor_gone()
+            elif isinstance(data, socket.socket):
+                self._peer_spoke(data)
+            elif not data.read_status():
+                self.selector.unregister(key.fd)
+
+    # -- signals ---------------------------------------------------------------------
+
+    def on_reload(self) -> None:
+        if self.phase is not Phase.RUNNING:
+            log.info("HUP ignored while %s", self.phase.value)
+            return
+        self.generation += 1
+        if not self.reloading:
+            self.reloading = True
+            systemd.notify_reloading()
+        log.info("rolling restart of %d worker(s)", len(self.slots))
+
+    def on_stop(self) -> None:
+        self._begin_stop(fast=False)
+
+    def on_interrupt(self) -> None:
+        self._begin_stop(fast=self.phase is Phase.STOPPING)
+
+    def on_quit(self) -> None:
+        self._begin_stop(fast=True)
+
+    def on_more(self) -> None:
+        if self.phase is not Phase.STOPPING:
+            self.target += 1
+
+    def on_fewer(self) -> None:
+        if self.phase is Phase.STOPPING:
+            return
+        if self.target <= 1:
+            log.warning("TTOU ignored: one worker is the fewest")
+        elif not self.shared and self._co_held():
+            log.warning("TTOU ignored: another master holds these sockets too; "
+                        "ask again once it is gone")
+        else:
+            self.target -= 1
+
+    def on_upgrade(self) -> None:
+        if self.successor is not None:
+            log.warning("USR2 ignored: an upgrade is already under way")
+        elif self.phase is not Phase.STOPPING:
+            self.upgrade_asked = True  # done once no restart is under way
+
+    # -- advancing slots -------------------------------------------------------------
+
+    def _advance(self, now: float) -> None:
+        if self.phase is Phase.STARTING and all(
+                s.successor is not None and s.successor.state is State.READY for s in self.slots):
+            self._all_ready(now)
+        if self.phase is Phase.HANDOVER and (self.predecessor_fd is None
+                                             or now >= self.handover_deadline):
+            if self.predecessor_fd is not None:
+                log.warning("the old master is still leaving after %.0f s; reading anyway",
+                            HANDOVER_WAIT)
+            self.phase = Phase.RUNNING
+        if self.phase is Phase.RUNNING:
+            self._resize()
+        for slot in self.slots + self.drains:
+            self._advance_slot(slot, now)
+        if self.phase is not Phase.RUNNING:
+            return
+        if not self.announced and all(s.worker is not None for s in self.slots):
+            self._announce()
+        settled = all(s.successor is None and s.worker is not None
+                      and s.worker.generation == self.generation for s in self.slots)
+        if settled and self.reloading:
+            self.reloading = False
+            log.info("rolling restart complete")
+            systemd.notify("READY=1", self._status())
+        if settled and self.upgrade_asked:
+            self._upgrade()
+
+    def _advance_slot(self, slot: Slot, now: float) -> None:
+        old, new = slot.worker, slot.successor
+        if new is None:
+            stale = (old is not None and old.state is State.SERVING and not slot.draining
+                     and old.generation < self.generation)
+            if (old is None or stale) and now >= slot.retry_at:
+                self._spawn(slot, now)
+            return
+        if new.state is not State.READY or self.phase is not Phase.RUNNING:
+            return
+        if old is None:
+            self._take_turn(slot)
+        elif old.state is State.SERVING:
+            old.tell(protocol.RETIRE, State.LEAVING, now + self._leave_limit())
+            slot.handover_at = now + HANDOVER_WAIT
+        elif old.released or now >= slot.handover_at:
+            if not old.released:
+                log.warning("%r has not let go of %s after %.0f s (its handler is busy); "
+                            "the new worker reads meanwhile", old, slot, HANDOVER_WAIT)
+            self._take_turn(slot)
+
+    def _spawn(self, slot: Slot, now: float) -> None:
+        c = self.config
+        config = {"handler": c.handler, "batches": c.batches, "grace": c.grace,
+                  "graceful_timeout": c.graceful_timeout,
+                  "reader": dict(c.reader.as_kwargs(), rcvbuf=None),
+                  "log_level": logging.getLogger().getEffectiveLevel()}
+        try:
+            worker = spawn(slot.listener.sock.fileno(), slot.index, self.generation, config,
+                           c.start_timeout)
+        except OSError as e:
+            self._start_failed(slot, f"cannot start a worker: {e.strerror or e}")
+            return
+        self.workers[worker.pid] = worker
+        self.selector.register(worker.status_fd, selectors.EVENT_READ, worker)
+        slot.successor = worker
+
+    def _take_turn(self, slot: Slot) -> None:
+        """The slot's successor reads from now on (or drains, if the slot
+        left the group)."""
+        new = slot.successor
+        assert new is not None
+        if slot.listener.unbound is not None:
+            try:
+                self.port = slot.listener.bind(self.port)
+            except OSError as e:
+                self._forget_successor(slot)
+                self._start_failed(slot, _text(e))
+                return
+        if slot.draining:
+            new.tell(protocol.DRAIN, State.LEAVING, time.monotonic() + self._leave_limit())
+        else:
+            new.tell(protocol.GO, State.SERVING, NEVER)
+        slot.worker, slot.successor = new, None
+        slot.served, slot.failures, slot.handover_at = True, 0, NEVER
+        log.info("worker %d ready on %s", new.pid, slot)
+
+    def _forget_successor(self, slot: Slot) -> None:
+        """Stop a successor that has not read anything; it exits unattached."""
+        if slot.successor is not None:
+            self._dismiss(slot.successor)
+            slot.successor = None
+
+    def _dismiss(self, worker: WorkerProcess) -> None:
+        """End a worker that never read: one still importing is killed, as
+        it cannot hear a command yet."""
+        if worker.state is State.STARTING:
+            worker.kill()
+        worker.tell(protocol.QUIT, State.LEAVING, time.monotonic() + FAST_STOP)
+
+    def _start_failed(self, slot: Slot, why: str) -> None:
+        slot.successor = None
+        if self.phase is Phase.STARTING or (not self.announced and self.predecessor is None):
+            raise StartError(why)
+        if slot.draining:
+            self._retry_later(slot, why)
+        elif slot.worker is not None:
+            log.error("%s; rolling restart aborted, the running workers carry on", why)
+            for other in self.slots:
+                if other.worker is not None and other.successor is not None:
+                    self._forget_successor(other)
+                if other.worker is not None:
+                    other.worker.generation = self.generation
+        elif not slot.served:
+            log.error("%s; the running workers carry on", why)
+            self.slots.remove(slot)
+            self.target = len(self.slots)
+            if not self.shared:
+                slot.listener.close(discard=False)
+        else:
+            self._retry_later(slot, why)
+            if not self.shared and self._may_shed(slot.listener) and any(
+                    s.worker is not None for s in self.slots):
+                # Nobody reads it: take it out of the group so the others
+                # get its traffic; a worker drains it once one can start.
+                log.warning("%s leaves the port; its queue waits for a worker to drain it", slot)
+                self._to_drains(slot)
+                replacement = Slot(slot.index, self._new_listener())
+                replacement.served, replacement.retry_at = True, slot.retry_at
+                self.slots.append(replacement)
+
+    def _retry_later(self, slot: Slot, why: str) -> None:
+        slot.failures += 1
+        delay = min(2.0 ** (slot.failures - 1), MAX_BACKOFF)
+        slot.retry_at = time.monotonic() + delay
+        log.error("%s; %s has no reader, trying again in %.0f s", why, slot, delay)
+
+    def _to_drains(self, slot: Slot) -> None:
+        self.slots.remove(slot)
+        slot.listener.leave_group()
+        slot.draining = True
+        self.drains.append(slot)
+        if slot.worker is not None and slot.worker.state is State.SERVING:
+            slot.worker.tell(protocol.DRAIN, State.LEAVING, time.monotonic() + self._leave_limit())
+
+    def _resize(self) -> None:
+        while len(self.slots) < self.target:
+            try:
+                listener = self.slots[0].listener if self.shared else self._new_listener()
+            except OSError as e:
+                log.error("cannot open a socket for a new worker: %s", e.strerror or e)
+                self.target = len(self.slots)
+                return
+            used = {s.index for s in self.slots}
+            self.slots.append(Slot(min(set(range(len(used) + 1)) - used), listener))
+        while len(self.slots) > self.target:
+            slot = max(self.slots, key=lambda s: s.index)
+            self._forget_successor(slot)
+            if self.shared or slot.listener.unbound is not None:
+                self.slots.remove(slot)
+                if slot.worker is not None:
+                    slot.worker.tell(protocol.RETIRE, State.LEAVING,
+                                     time.monotonic() + self._leave_limit())
+                if not self.shared:
+                    slot.listener.close(discard=False)
+            else:
+                self._to_drains(slot)
+
+    def _add_missing_slots(self) -> None:
+        used = {s.index for s in self.slots}
+        for index in range(self.target):
+            if index not in used:
+                self.slots.append(Slot(index, self._new_listener()))
+
+    def _all_ready(self, now: float) -> None:
+        for slot in self.slots:
+            slot.served = True  # from here on a failed worker is replaced, not given up
+        if self.predecessor_fd is not None:
+            assert self.predecessor is not None
+            log.info("new workers ready; asking the old master %d to leave", self.predecessor.pid)
+            try:
+                os.kill(self.predecessor.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            self.phase, self.handover_deadline = Phase.HANDOVER, now + HANDOVER_WAIT
+        else:
+            self.phase = Phase.RUNNING
+
+    def _announce(self) -> None:
+        self.announced = True
+        if self.pid_file is not None:
+            self.pid_file.write()
+        if self.handoff_path is not None:
+            self.handoff_server = handoff.HandoffServer(self.handoff_path)
+            self.selector.register(self.handoff_server.fileno(), selectors.EVENT_READ, "handoff")
+        host, port = self.slots[0].listener.sock.getsockname()[:2]
+        self.address = sockets.format_address(host, port)
+        log.info("serving %s on %s with %d worker(s)%s", self.config.handler, self.address,
+                 len(self.slots), " on one shared socket" if self.shared else "")
+        systemd.notify("READY=1", self._status(), f"MAINPID={os.getpid()}")
+
+    # -- workers that end --------------------------------------------------------------
+
+    def _reap(self) -> None:
+        for worker in list(self.workers.values()):
+            code = worker.proc.poll()
+            if code is not None:
+                self._exited(worker, code)
+
+    def _exited(self, worker: WorkerProcess, code: int) -> None:
+        worker.read_status()
+        if worker.status_fd in self.selector.get_map():
+            self.selector.unregister(worker.status_fd)
+        worker.close()
+        del self.workers[worker.pid]
+        self.totals.update({k: v for k, v in worker.stats.items() if isinstance(v, int)})
+        slot = next((s for s in self.slots + self.drains
+                     if worker in (s.worker, s.successor)), None)
+        lost = self._held(worker)
+        if slot is not None and slot.successor is worker:
+            self._start_failed(slot, "a new worker failed to start: "
+                               + (worker.error or exit_reason(code)))
+            return
+        if slot is not None:
+            slot.worker = None
+        if not worker.reads:
+            log.info("%r stopped before it read anything", worker)
+            return
+        if code == 0 and worker.state is State.LEAVING:
+            log.info("%r left after delivering %s packet(s)", worker,
+                     worker.stats.get("delivered", "?"))
+            if slot is not None and slot.draining:
+                self._drained(slot)
+            return
+        if worker.state is State.KILLED:
+            log.error("%r was killed%s", worker, lost)
+        elif slot is not None and self.phase is not Phase.STOPPING:
+            log.error("%r died (%s)%s; a new worker takes over its socket and queue",
+                      worker, exit_reason(code), lost)
+        else:
+            log.error("%r failed while leaving (%s)%s", worker, exit_reason(code), lost)
+
+    def _held(self, worker: WorkerProcess) -> str:
+        """What a worker that died may have taken from the kernel and not
+        handled: at most one receive."""
+        if not worker.reads:
+            return ""
+        unit = "merged receive(s)" if self.config.reader.gro else "datagram(s)"
+        return (f"; up to {self.config.reader.batch_size} {unit} it had taken but not "
+                "handled may be lost")
+
+    def _drained(self, slot: Slot) -> None:
+        self.drains.remove(slot)
+        left = slot.listener.close(discard=True)
+        if left:
+            log.warning("%d datagram(s) still queued on the socket %s left were discarded",
+                        left, slot)
+
+    def _check_deadlines(self, now: float) -> None:
+        for worker in list(self.workers.values()):
+            if now < worker.deadline:
+                continue
+            if worker.state is State.STARTING:
+                worker.error = f"not ready within {self.config.start_timeout:g} s"
+                worker.kill()
+                worker.deadline = NEVER
+            elif worker.state is State.LEAVING:
+                log.error("%r did not leave within %g s; its stack follows, then SIGKILL",
+                          worker, self._leave_limit())
+                worker.dump_and_kill(now)
+            elif worker.state is State.KILLED:
+                worker.kill()
+                worker.deadline = NEVER
+
+    def _leave_limit(self) -> float:
+        if self.fast:
+            return FAST_STOP
+        return self.config.graceful_timeout + KILL_GRACE
+
+    # -- stopping ------------------------------------------------------------------------
+
+    def _begin_stop(self, fast: bool) -> None:
+        if self.phase is Phase.STOPPING and (self.fast or not fast):
+            return
+        self.fast = fast
+        first = self.phase is not Phase.STOPPING
+        self.phase = Phase.STOPPING
+        now = time.monotonic()
+        if first:
+            systemd.notify("STOPPING=1")
+        log.info("%s stop of %d worker(s)", "fast" if fast else "graceful", len(self.workers))
+        for slot in self.slots + self.drains:
+            self._forget_successor(slot)
+            listener, worker = slot.listener, slot.worker
+            if fast or listener.unbound is not None:
+                continue
+            # Sockets nobody else holds leave the port and are drained; the
+            # others stay with their other holders.
+            if self._may_shed(listener):
+                listener.leave_group()
+            if worker is not None and worker.state is State.SERVING:
+                worker.tell(protocol.DRAIN if listener.shed else protocol.RETIRE,
+                            State.LEAVING, now + self._leave_limit())
+        for worker in self.workers.values():
+            if worker.state in (State.STARTING, State.READY):
+                self._dismiss(worker)
+            elif fast:
+                worker.tell(protocol.QUIT, State.LEAVING, now + FAST_STOP)
+
+    def _finish(self) -> int:
+        self._watch_drops()
+        t = self.totals
+        log.info("stopped: %d received, %d delivered, %d filtered, %d kernel drops",
+                 t["received"], t["delivered"], t["too_short"] + t["too_long"],
+                 self.kernel_drops)
+        return 0
+
+    def _close(self) -> None:
+        for worker in self.workers.values():  # left only by an error
+            worker.kill()
+            worker.close()
+        sole = not self._co_held()
+        seen = set()
+        for slot in self.slots + self.drains:
+            listener = slot.listener
+            if id(listener) in seen:
+                continue
+            seen.add(id(listener))
+            left = listener.close(discard=sole and not listener.external)
+            if left:
+                log.warning("%d datagram(s) still queued on the socket of %s were "
+                            "discarded at close", left, slot)
+        for peer in self.peers:
+            peer.close()
+        if self.predecessor_fd is not None:
+            os.close(self.predecessor_fd)
+        if self.handoff_server is not None:
+            self.handoff_server.close()
+        if self.pid_file is not None:
+            self.pid_file.remove()
+        self.selector.close()
+
+    # -- others holding our sockets --------------------------------------------------------
+
+    def _co_held(self) -> bool:
+        return bool(self.peers) or self.successor is not None or self.predecessor_fd is not None
+
+    def _may_shed(self, listener: Listener) -> bool:
+        return not listener.external and not self._co_held()
+
+    def _handed(self) -> list:
+        seen, out = set(), []
+        for slot in self.slots:
+            listener = slot.listener
+            if listener.unbound is None and id(listener) not in seen:
+                seen.add(id(listener))
+                out.append((slot.index, listener.sock, listener.external))
+        return out
+
+    def _upgrade(self) -> None:
+        self.upgrade_asked = False
+        try:
+            self.successor = upgrade.start_successor(self.config.argv, self._handed(),
+                                                     self.target)
+        except OSError as e:
+            log.error("cannot start a new master: %s; this master carries on",
+                      e.strerror or e)
+            return
+        if self.pid_file is not None:
+            self.pid_file.set_aside()
+        log.info("upgrading: new master %d started", self.successor.pid)
+
+    def _check_successor(self) -> None:
+        if self.successor is None or self.successor.poll() is None:
+            return
+        log.error("the new master exited (%s) before it was ready; this master carries on",
+                  exit_reason(self.successor.returncode))
+        self.successor = None
+        if self.pid_file is not None:
+            self.pid_file.restore()
+
+    def _predecessor_gone(self) -> None:
+        assert self.predecessor_fd is not None
+        self.selector.unregister(self.predecessor_fd)
+        os.close(self.predecessor_fd)
+        self.predecessor_fd = None
+        log.info("the old master has left")
+
+    def _offer(self) -> None:
+        assert self.handoff_server is not None
+        try:
+            conn = upgrade.offer(self.handoff_server, self._handed())
+        except OSError as e:
+            log.warning("handoff to another master failed: %s", e)
+            return
+        if conn is not None:
+            self._add_peer(conn)
+            log.info("sockets shared with another master; they are no longer shed")
+
+    def _add_peer(self, conn: socket.socket) -> None:
+        conn.setblocking(False)
+        self.peers.append(conn)
+        self.selector.register(conn, selectors.EVENT_READ, conn)
+
+    def _peer_spoke(self, conn: socket.socket) -> None:
+        try:
+            if conn.recv(1):
+                return
+        except BlockingIOError:
+            return
+        except OSError:
+            pass
+        self.selector.unregister(conn)
+        self.peers.remove(conn)
+        conn.close()
+        log.info("the other master holding our sockets is gone; they are ours alone again")
+
+    # -- telling the operator ----------------------------------------------------------------
+
+    def _watch_drops(self) -> None:
+        seen = set()
+        for slot in self.slots + self.drains:
+            listener = slot.listener
+            if id(listener) in seen:
+                continue
+            seen.add(id(listener))
+            new = listener.new_drops()
+            if new:
+                self.kernel_drops += new
+                where = "the shared socket" if self.shared else f"the socket of {slot}"
+                reader = f" (worker {slot.worker.pid})" if slot.worker else " (no reader)"
+                unit = ("receive buffer(s) (with GRO, one holds up to 64 datagrams)"
+                        if self.config.reader.gro else "datagram(s)")
+                log.warning("the kernel dropped %d %s on %s%s: its receive queue was full",
+                            new, unit, where, "" if self.shared else reader)
+
+    def _status(self) -> str:
+        serving = sum(1 for s in self.slots if s.worker is not None
+                      and s.worker.state is State.SERVING)
+        return f"STATUS={serving} workers on {self.address}"
+
+    def _tell_status(self) -> None:
+        status = self._status()
+        if status != self.status and self.announced:
+            self.status = status
+            systemd.notify(status)
+
+
+
+def _text(error: OSError) -> str:
+    """An OSError as one line, without "[Errno N]"."""
+    if error.strerror and error.filename:
+        return f"{error.filename}: {error.strerror}"
+    return error.strerror or str(error)

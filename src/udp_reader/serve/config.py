@@ -1,0 +1,95 @@
+"""What `udp-reader serve` is asked to do: its options, their flags and
+their checks, declared once."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from typing import Optional, Sequence
+
+from udp_reader.options import ReaderOptions
+
+SIGNALS_HELP = """signals to the master:
+  HUP         rolling restart: each slot's socket passes to a new worker
+  TERM, INT   graceful stop (a second INT: fast)
+  QUIT        fast stop
+  TTIN, TTOU  one worker more, one fewer
+  USR2        upgrade: a new master takes over every socket
+
+the handler finds its slot number (0, 1, ...) in UDP_READER_SLOT.
+
+example:
+  udp-reader serve myapp.udp:handle --bind :9000 --workers 2"""
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    handler: str
+    bind: Optional[str]
+    argv: Sequence[str] = ()       # the command line, for an upgrade (USR2)
+    reader: ReaderOptions = ReaderOptions(gro=True)
+    workers: int = 1
+    shared: bool = False
+    batches: bool = False
+    grace: float = 0.05
+    graceful_timeout: float = 30.0
+    start_timeout: float = 30.0
+    pid_file: Optional[str] = None
+    handoff_dir: Optional[str] = None   # offer the sockets to another master here
+    takeover_dir: Optional[str] = None  # take the sockets of a running master
+
+    def __post_init__(self) -> None:
+        if self.workers < 1:
+            raise ValueError(f"--workers must be at least 1, not {self.workers}")
+        if self.grace < 0:
+            raise ValueError(f"--grace must be 0 or more, not {self.grace:g}")
+        for flag, value in (("--graceful-timeout", self.graceful_timeout),
+                            ("--start-timeout", self.start_timeout)):
+            if not value > 0:
+                raise ValueError(f"{flag} must be positive, not {value:g}")
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "Config":
+        return cls(handler=args.handler, bind=args.bind, argv=args.argv,
+                   reader=ReaderOptions.from_args(args), workers=args.workers,
+                   shared=args.shared, batches=args.batches, grace=args.grace,
+                   graceful_timeout=args.graceful_timeout, start_timeout=args.start_timeout,
+                   pid_file=args.pid_file, handoff_dir=args.handoff, takeover_dir=args.takeover)
+
+
+def add_parser(sub: "argparse._SubParsersAction") -> argparse.ArgumentParser:
+    serve = sub.add_parser(
+        "serve", help="run a handler in supervised worker processes",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Run MODULE:CALLABLE on every packet (or batch) in worker processes "
+                    "that share one port, with restarts that lose nothing.",
+        epilog=SIGNALS_HELP)
+    serve.add_argument("handler", metavar="MODULE:CALLABLE",
+                       help="called with each Packet (or each Batch with --batches)")
+    serve.add_argument("--bind", metavar="ADDRESS",
+                       help="address to serve; not needed under socket activation")
+    serve.add_argument("--workers", type=int, default=_DEFAULTS["workers"], metavar="N",
+                       help="worker processes (default %(default)s)")
+    serve.add_argument("--shared", action="store_true",
+                       help="all workers read one socket instead of one socket each")
+    serve.add_argument("--batches", action="store_true",
+                       help="call the handler once per received batch")
+    ReaderOptions.add_arguments(serve)
+    serve.add_argument("--grace", type=float, default=_DEFAULTS["grace"], metavar="S",
+                       help="a draining socket is done once idle this long (default %(default)s)")
+    serve.add_argument("--graceful-timeout", type=float, default=_DEFAULTS["graceful_timeout"], metavar="S",
+                       help="longest a worker may take to leave (default %(default)s)")
+    serve.add_argument("--start-timeout", type=float, default=_DEFAULTS["start_timeout"], metavar="S",
+                       help="longest a new worker may take to be ready (default %(default)s)")
+    serve.add_argument("--pid-file", metavar="FILE",
+                       help="write the master's pid here once it serves")
+    serve.add_argument("--handoff", metavar="DIR",
+                       help="offer the sockets to another master over a Unix socket in DIR "
+                            "(made mode 0700)")
+    serve.add_argument("--takeover", metavar="DIR",
+                       help="read the sockets a running master offers in DIR (--handoff), "
+                            "alongside it; then TERM that master")
+    return serve
+
+
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(Config)}

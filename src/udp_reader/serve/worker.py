@@ -1,0 +1,208 @@
+"""A worker process of `udp-reader serve`: the user's handler on one socket.
+
+Started by the master as `python -m udp_reader.serve.worker` with the socket,
+a status pipe and its configuration (protocol.py). It sets everything up,
+says it is ready, and reads only once the master says `go`: a slot's socket
+passes from the old worker to the new one like a baton, so nobody reads it
+twice and the queue bridges the moment between.
+
+A worker never sheds a socket: the master alone knows who else holds it.
+TERM and INT are left to the master (Ctrl-C reaches the whole process
+group); QUIT makes the worker exit now; USR2 prints every thread's stack
+(faulthandler), which the master asks for before it kills a stuck worker.
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import importlib
+import json
+import logging
+import os
+import select
+import signal
+import sys
+import threading
+import time
+from typing import Any, Callable, Optional
+
+from udp_reader import Reader, sockets
+from udp_reader.serve import protocol
+
+log = logging.getLogger("udp_reader")
+
+
+class HandlerError(Exception):
+    """The handler named on the command line cannot be loaded."""
+
+
+def load_handler(spec: str) -> Callable[..., Any]:
+    """Import "package.module:attribute" and return the callable."""
+    module_name, sep, attribute = spec.partition(":")
+    if not sep or not module_name or not attribute:
+        raise HandlerError(f"handler {spec!r} must look like MODULE:CALLABLE")
+    try:
+        target: Any = importlib.import_module(module_name)
+    except Exception as e:
+        raise HandlerError(f"cannot import handler module {module_name!r}: "
+                           f"{type(e).__name__}: {e}") from None
+    for part in attribute.split("."):
+        try:
+            target = getattr(target, part)
+        except AttributeError:
+            raise HandlerError(f"module {module_name!r} has no {attribute!r}") from None
+    if not callable(target):
+        raise HandlerError(f"handler {spec!r} is not callable")
+    return target
+
+
+class RateLimitedLog:
+    """Logs a handler's exceptions at most once per `interval` seconds,
+    saying how many were left out; flush() tells the tail at exit."""
+
+    def __init__(self, interval: float = 1.0) -> None:
+        self.interval = interval
+        self.count = 0
+        self.suppressed = 0
+        self._last = -interval
+
+    def error(self, exc: BaseException) -> None:
+        self.count += 1
+        now = time.monotonic()
+        if now - self._last < self.interval:
+            self.suppressed += 1
+            return
+        log.error("handler raised %s: %s%s", type(exc).__name__, exc, self._more(),
+                  exc_info=log.isEnabledFor(logging.DEBUG))
+        self.suppressed = 0
+        self._last = now
+
+    def flush(self) -> None:
+        if self.suppressed:
+            log.error("handler raised %d more exception(s) since the last report",
+                      self.suppressed)
+            self.suppressed = 0
+
+    def _more(self) -> str:
+        return f" ({self.suppressed} more since the last report)" if self.suppressed else ""
+
+
+class Worker:
+    def __init__(self, config: dict) -> None:
+        self.config = config
+        self._status = os.fdopen(config["status_fd"], "wb", buffering=0)
+        self._status_lock = threading.Lock()
+        self.command: Optional[str] = None  # the master's last word that ends reading
+        self._commanded = threading.Event()
+        self.errors = RateLimitedLog()
+        self.reader: Optional[Reader] = None
+
+    def report(self, **message: Any) -> None:
+        with self._status_lock:
+            try:
+                self._status.write(protocol.encode(**message))
+            except OSError:
+                pass  # the master is gone; nothing to tell
+
+    def stats(self) -> dict:
+        assert self.reader is not None
+        return dict(self.reader.stats._asdict(), handler_errors=self.errors.count)
+
+    def obey(self, command: str) -> None:
+        """Take a command: the first one wakes main(); a later one may only
+        make leaving faster, never turn a drain into something else."""
+        if command not in protocol.COMMANDS:
+            return
+        previous = self.command
+        if previous not in (None, protocol.GO) and command != protocol.QUIT:
+            return
+        self.command = command
+        self._commanded.set()
+        if previous is not None and self.reader is not None:
+            self.reader.stop()  # ends the run (or the leaving) under way
+
+    def _link(self) -> None:
+        """Commands from the master on stdin; counters to it every second."""
+        pending = b""
+        while True:
+            readable, _, _ = select.select([0], [], [], protocol.STATS_INTERVAL)
+            if not readable:
+                self.report(stats=self.stats())
+                continue
+            chunk = os.read(0, 4096)
+            if not chunk:
+                log.warning("master gone; finishing the receive in hand and leaving")
+                self.obey(protocol.RETIRE)
+                return
+            lines, pending = protocol.split_lines(pending, chunk)
+            for line in lines:
+                self.obey(line.decode(errors="replace").strip())
+
+    def main(self) -> int:
+        config = self.config
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        signal.signal(signal.SIGQUIT, lambda *_: self.obey(protocol.QUIT))
+        faulthandler.register(signal.SIGUSR2, all_threads=True)
+        if config["batches"]:
+            # Batch columns are numpy arrays: import it before saying ready,
+            # not on the first batch.
+            import numpy  # noqa: F401
+        try:
+            handler = load_handler(config["handler"])
+            self.reader = Reader(fileno=config["fd"], **config["reader"])
+        except (HandlerError, ValueError, OSError) as e:
+            self.report(error=str(e))  # the master tells the operator
+            return protocol.EXIT_START_FAILED
+        threading.Thread(target=self._link, name="master-link", daemon=True).start()
+        self.report(ready=True)
+        self._commanded.wait()
+        if self.command == protocol.GO:
+            self._serve(handler)
+        self._leave(handler)
+        self.errors.flush()
+        self.report(released=True, stats=self.stats())
+        return 0
+
+    def _serve(self, handler: Callable[..., Any]) -> None:
+        assert self.reader is not None
+        run = self.reader.run_batches if self.config["batches"] else self.reader.run
+        while self.command == protocol.GO:
+            try:
+                run(handler)
+            except Exception as e:  # the handler's: log it and carry on
+                self.errors.error(e)
+
+    def _leave(self, handler: Callable[..., Any]) -> None:
+        """Deliver what the reader took (retire), or what the shed socket
+        holds (drain), then close."""
+        reader = self.reader
+        assert reader is not None
+        if self.command == protocol.QUIT:
+            reader.close()
+            return
+        # The master sheds before it says drain; never shed here.
+        until_idle = self.command == protocol.DRAIN and sockets.is_shed(reader.socket)
+
+        def guarded(item: Any) -> None:
+            try:
+                handler(item)
+            except Exception as e:
+                self.errors.error(e)
+
+        target = "on_batch" if self.config["batches"] else "on_packet"
+        reader.drain(shed=until_idle, grace=self.config["grace"],
+                     timeout=self.config["graceful_timeout"], **{target: guarded})
+
+
+def main() -> int:
+    config = json.loads(os.environ.pop(protocol.CONFIG_ENV))
+    logging.basicConfig(level=config["log_level"], stream=sys.stderr,
+                        format=f"udp-reader[worker {os.getpid()} slot "
+                               f"{os.environ.get(protocol.SLOT_ENV, '?')}]: %(message)s")
+    return Worker(config).main()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
