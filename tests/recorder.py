@@ -1,16 +1,41 @@
-"""A handler for the restart harness: appends each packet's 8-byte sequence
-number to a file of its own worker, so the harness can check that every
-number sent arrived exactly once."""
+"""Handlers for the restart harness: each worker appends the 8-byte sequence
+number of every packet it handles to a file named for its slot and pid, so
+the harness can check that every number sent arrived exactly once, and
+which slot and process handled each flow.
+
+STUCK_SEQ=N makes the handler hang forever on number N; SLOW_SLOT=K makes
+the worker of slot K sleep SLOW_SECONDS per packet; STALL_IMPORT=FILE makes
+the import take 8 s while FILE exists."""
 
 import os
+import time
 
-_out = os.open(os.path.join(os.environ["RECORD_DIR"], f"{os.getpid()}.seq"),
+if os.environ.get("STALL_IMPORT") and os.path.exists(os.environ["STALL_IMPORT"]):
+    time.sleep(8)
+
+_slot = os.environ.get("UDP_READER_SLOT", "x")
+_out = os.open(os.path.join(os.environ["RECORD_DIR"], f"{_slot}.{os.getpid()}.seq"),
                os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+_stuck = int(os.environ.get("STUCK_SEQ", "-1")).to_bytes(8, "little", signed=True)
+_pause = float(os.environ.get("SLOW_SECONDS", "0")) if os.environ.get("SLOW_SLOT") == _slot else 0
 
 
 def on_batch(batch):
-    os.write(_out, batch.payloads(8).tobytes())
+    numbers = batch.payloads(8).tobytes()
+    os.write(_out, numbers)
+    if _stuck in numbers:
+        threading_free_hang()
 
 
 def on_packet(packet):
-    os.write(_out, packet.data[:8])
+    number = packet.data[:8]
+    os.write(_out, number)
+    if number == _stuck:
+        threading_free_hang()
+    if _pause:
+        time.sleep(_pause)
+
+
+def threading_free_hang():
+    while True:
+        time.sleep(3600)

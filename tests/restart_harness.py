@@ -2,10 +2,13 @@
 
 Run inside a private network namespace (`unshare -n python restart_harness.py
 SCENARIO`) so the kernel's Udp counters are this run's alone. A bounded
-sender sends sequence-numbered datagrams from many source ports at a steady
-rate over loopback while the scenario restarts workers; workers record every
-number they receive (recorder.py). Prints one JSON object: what was sent,
-received, duplicated and missing, and how the Udp counters moved.
+sender sends sequence-numbered datagrams from 32 source ports at a steady
+rate over loopback while the scenario restarts, kills and upgrades; workers
+record every number they handle (recorder.py) in a file per slot and pid.
+Every master runs at the defaults a user gets: no receive buffer, timeout
+or batch option is given (--handler batch adds --batches, the handler's
+own choice). Prints one JSON object: what was sent, received, duplicated
+and missing, how the Udp counters moved, and what each scenario measured.
 """
 
 from __future__ import annotations
@@ -14,7 +17,9 @@ import argparse
 import glob
 import json
 import os
+import random
 import re
+import resource
 import signal
 import socket
 import subprocess
@@ -28,8 +33,10 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 PORT = 7777
 ADDRESS = ("127.0.0.1", PORT)
+FLOWS = 32
 COUNTERS = ("NoPorts", "RcvbufErrors", "InErrors")
 DEADLINE = 60.0  # no step of a scenario waits longer
+HANDLERS = {"batch": ["recorder:on_batch", "--batches"], "packet": ["recorder:on_packet"]}
 
 
 def activator_env(**extra: str) -> list:
@@ -50,15 +57,15 @@ def udp_counters() -> dict:
 
 
 class Sender(threading.Thread):
-    """Sends numbers 0, 1, 2, ... at `rate` per second from `flows` source
-    ports until stopped, `limit` numbers, or DEADLINE seconds."""
+    """Sends numbers 0, 1, 2, ... at `rate` per second, number n from source
+    port n % FLOWS, until stopped, `limit` numbers, or `max_seconds`."""
 
-    def __init__(self, rate: int, flows: int = 32, size: int = 64, limit: int = 10**9,
+    def __init__(self, rate: int, size: int = 64, limit: int = 10**9,
                  max_seconds: float = DEADLINE):
         super().__init__(daemon=True)
         self.rate, self.size, self.limit = rate, size, limit
         self.max_seconds = max_seconds
-        self.socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(flows)]
+        self.socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(FLOWS)]
         self.sent = 0
         self.elapsed = 0.0
         self.halt = threading.Event()
@@ -71,14 +78,14 @@ class Sender(threading.Thread):
     def run(self) -> None:
         pad = bytes(self.size - 8)
         start = time.monotonic()
-        flows = len(self.socks)
         while not self.halt.is_set() and self.sent < self.limit:
             elapsed = time.monotonic() - start
             if elapsed > self.max_seconds:
                 break
             due = min(int(elapsed * self.rate) + 1, self.limit)
             while self.sent < due:
-                self.socks[self.sent % flows].sendto(self.sent.to_bytes(8, "little") + pad, ADDRESS)
+                self.socks[self.sent % FLOWS].sendto(self.sent.to_bytes(8, "little") + pad,
+                                                     ADDRESS)
                 self.sent += 1
             time.sleep(0.0005)
         self.elapsed = time.monotonic() - start
@@ -90,7 +97,8 @@ class Sender(threading.Thread):
 
     def stop(self) -> int:
         self.halt.set()
-        self.join()
+        if self.is_alive():
+            self.join()
         return self.sent
 
 
@@ -123,13 +131,23 @@ class Notifications:
     def status(self, text: str) -> dict:
         return self.wait_for(lambda m: m.get("STATUS", "").startswith(text))
 
+    def reloaded(self) -> None:
+        self.wait_for(lambda m: m.get("RELOADING") == "1")
+        self.ready()
+
+
+def children(pid: int) -> list:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(p) for p in f.read().split()]
+    except FileNotFoundError:
+        return []
+
 
 def process_tree(pid: int) -> dict:
     """Resident KiB, open descriptors and process count of `pid` and its
     children (the master and its workers)."""
-    pids = [pid]
-    with open(f"/proc/{pid}/task/{pid}/children") as f:
-        pids += [int(p) for p in f.read().split()]
+    pids = [pid, *children(pid)]
     rss = fds = 0
     for p in pids:
         try:
@@ -141,46 +159,129 @@ def process_tree(pid: int) -> dict:
     return {"rss_kib": rss, "fds": fds, "processes": len(pids)}
 
 
+def ours(directory: str) -> list:
+    """Pids of every process still running with our RECORD_DIR (leaks)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                if f"RECORD_DIR={directory}".encode() in f.read().split(b"\0"):
+                    found.append(int(entry))
+        except OSError:
+            pass
+    return found
+
+
+class Manager:
+    """A service manager of our own: binds the port as a .socket unit would,
+    keeps the socket across service restarts and crashes, and starts the
+    service with it as descriptor 3 (LISTEN_FDS, LISTEN_PID)."""
+
+    START = ("import os, sys; fd = int(sys.argv[1]); os.dup2(fd, 3); fd == 3 or os.close(fd); "
+             "os.environ['LISTEN_PID'] = str(os.getpid()); os.execvp(sys.argv[2], sys.argv[2:])")
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(ADDRESS)
+
+    def prefix(self) -> list:
+        return [sys.executable, "-c", self.START, str(self.sock.fileno())]
+
+
 class Harness:
-    def __init__(self, directory: str, rate: int, seconds: float = 0) -> None:
+    def __init__(self, directory: str, rate: int, handler: str, seconds: float = 0) -> None:
         self.dir = directory
+        self.handler = HANDLERS[handler]
         self.notify = Notifications(directory)
         self.env = dict(os.environ, RECORD_DIR=directory, NOTIFY_SOCKET=self.notify.path,
                         PYTHONPATH=HERE + os.pathsep + os.environ.get("PYTHONPATH", ""))
         self.sender = Sender(rate, max_seconds=max(DEADLINE, seconds + DEADLINE))
-        self.masters = []
+        self.masters: list = []
+        self.logs: list = []
 
-    def serve(self, *extra: str, prefix=(), handler="recorder:on_batch", bind=True, log=None):
-        """Start a master; with `log`, its stderr (at log level INFO) goes to that file."""
-        args = [sys.executable, "-m", "udp_reader", "-q" if log is None else "-v", "serve",
-                handler, "--batches", "--rcvbuf", str(8 << 20), *extra]
+    def serve(self, *extra: str, prefix=(), bind=True, env=None, handler=None, pass_fds=()):
+        """Start a master at the defaults; its log goes to a file of its own."""
+        args = [sys.executable, "-m", "udp_reader", "serve", *(handler or self.handler), *extra]
         if bind:
             args += ["--bind", f"127.0.0.1:{PORT}"]
-        stderr = open(log, "w") if log else None
-        proc = subprocess.Popen([*prefix, *args], env=self.env, cwd=HERE, stderr=stderr)
-        if stderr:
-            stderr.close()
+        log = os.path.join(self.dir, f"master-{len(self.logs)}.log")
+        self.logs.append(log)
+        with open(log, "w") as stderr:
+            proc = subprocess.Popen([*prefix, *args], env=dict(self.env, **(env or {})),
+                                    cwd=HERE, stderr=stderr, pass_fds=pass_fds)
         self.masters.append(proc)
         return proc
 
-    def received(self) -> np.ndarray:
-        parts = [np.fromfile(f, dtype="<u8") for f in glob.glob(os.path.join(self.dir, "*.seq"))]
-        return np.concatenate(parts) if parts else np.zeros(0, dtype="<u8")
+    def log_text(self) -> str:
+        text = ""
+        for path in self.logs:
+            with open(path) as f:
+                text += f.read()
+        return text
+
+    def wait_log(self, pattern: str, count: int = 1) -> list:
+        deadline = time.monotonic() + DEADLINE
+        while time.monotonic() < deadline:
+            found = re.findall(pattern, self.log_text())
+            if len(found) >= count:
+                return found
+            time.sleep(0.02)
+        raise TimeoutError(f"never logged {pattern!r}:\n{self.log_text()[-3000:]}")
+
+    def records(self) -> list:
+        """[(slot, pid, numbers)] for every worker's file."""
+        out = []
+        for path in glob.glob(os.path.join(self.dir, "*.seq")):
+            slot, pid, _ = os.path.basename(path).split(".")
+            out.append((slot, int(pid), np.fromfile(path, dtype="<u8")))
+        return out
 
 
 def wait_gone(pid: int, timeout: float = DEADLINE) -> None:
     deadline = time.monotonic() + timeout
     while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
-        with open(f"/proc/{pid}/stat") as f:
-            if f.read().split(") ")[1].startswith("Z"):
-                return
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().split(") ")[1].startswith("Z"):
+                    return
+        except FileNotFoundError:
+            return
         time.sleep(0.02)
 
 
+def stop(master: subprocess.Popen, facts: dict, key: str = "master_exit") -> None:
+    """TERM a master and record its exit code and how long it took."""
+    started = time.monotonic()
+    master.send_signal(signal.SIGTERM)
+    master.wait(DEADLINE)
+    facts[key] = master.returncode
+    facts[key.replace("exit", "stop_seconds")] = round(time.monotonic() - started, 2)
+
+
+def flows(h: Harness) -> dict:
+    """How flows met slots and processes: for each flow (number % FLOWS),
+    the slots that handled it and how often its handling process changed."""
+    rows = [(n, slot, pid) for slot, pid, numbers in h.records() for n in numbers.tolist()]
+    rows.sort()
+    slots: dict = {}
+    changes: dict = {}
+    last: dict = {}
+    for n, slot, pid in rows:
+        flow = n % FLOWS
+        slots.setdefault(flow, set()).add(slot)
+        if flow in last and last[flow] != pid:
+            changes[flow] = changes.get(flow, 0) + 1
+        last[flow] = pid
+    return {"slots_per_flow": max(len(s) for s in slots.values()) if slots else 0,
+            "process_changes_per_flow": max(changes.values()) if changes else 0}
+
+
 def scenario(name: str, h: Harness, restarts: int, seconds: float, every: float) -> dict:
-    """Run one scenario while the sender runs; returns extra facts to report."""
+    """Run one scenario while the sender runs; returns facts to report."""
     facts: dict = {}
-    if name in ("hup", "shared"):
+    if name in ("hup", "shared", "flows"):
         master = h.serve("--workers", "2", *(["--shared"] if name == "shared" else []))
         h.notify.ready()
         h.sender.start()
@@ -188,29 +289,19 @@ def scenario(name: str, h: Harness, restarts: int, seconds: float, every: float)
         for _ in range(restarts):
             t = time.monotonic()
             master.send_signal(signal.SIGHUP)
-            h.notify.wait_for(lambda m: m.get("RELOADING") == "1")
-            h.notify.ready()
+            h.notify.reloaded()
             times.append(time.monotonic() - t)
         facts["restart_seconds"] = times
-    elif name == "kill":  # a worker SIGKILLed under load, on a small receive buffer
-        log = os.path.join(h.dir, "master.log")
-        master = h.serve("--workers", "2", "--rcvbuf", "200000", log=log)
+    elif name == "kill":  # a worker SIGKILLed under load
+        master = h.serve("--workers", "2")
         h.notify.ready()
         h.sender.start()
         time.sleep(0.5)
-        with open(log) as f:
-            victim = int(re.search(r"worker (\d+) ready", f.read()).group(1))
+        victim = int(h.wait_log(r"worker (\d+) ready")[0])
         os.kill(victim, signal.SIGKILL)
-        h.notify.status("2 workers")  # replaced
+        h.wait_log(r"worker \d+ ready", 3)  # replaced
         time.sleep(0.5)
-        h.sender.stop()
-        master.send_signal(signal.SIGTERM)
-        master.wait(DEADLINE)
-        with open(log) as f:
-            text = f.read()
-        facts["reported_drops"] = sum(int(n) for n in re.findall(r"kernel dropped (\d+)", text))
-        facts["master_exit"] = master.returncode
-        return facts
+        facts["held_bound"] = int(h.wait_log(r"up to (\d+) [^;]*? it had taken")[0])
     elif name == "soak":  # `seconds` of traffic, a rolling restart every `every` s
         master = h.serve("--workers", "2")
         h.notify.ready()
@@ -221,8 +312,7 @@ def scenario(name: str, h: Harness, restarts: int, seconds: float, every: float)
             time.sleep(min(every, max(0.0, seconds - (time.monotonic() - start))))
             samples.append({"t": round(time.monotonic() - start, 1), **process_tree(master.pid)})
             master.send_signal(signal.SIGHUP)
-            h.notify.wait_for(lambda m: m.get("RELOADING") == "1")
-            h.notify.ready()
+            h.notify.reloaded()
         facts["samples"] = samples
         facts["restarts"] = len(samples)
     elif name == "steady":  # no restarts: the rate the machine sustains
@@ -239,27 +329,25 @@ def scenario(name: str, h: Harness, restarts: int, seconds: float, every: float)
             master.send_signal(sig)
             h.notify.status(f"{count} workers")
             time.sleep(0.2)
-    elif name == "usr2":
+    elif name == "usr2":  # the master upgrades itself; every socket passes on
         master = h.serve("--workers", "2")
         h.notify.ready(MAINPID=str(master.pid))
         h.sender.start()
-        time.sleep(0.3)
-        master.send_signal(signal.SIGUSR2)
-        new = h.notify.wait_for(lambda m: m.get("READY") == "1" and m.get("MAINPID") != str(master.pid))
-        master.wait(DEADLINE)
-        facts["old_master_exit"] = master.returncode
-        time.sleep(0.3)
-        h.sender.stop()
-        os.kill(int(new["MAINPID"]), signal.SIGTERM)
-        wait_gone(int(new["MAINPID"]))
-        return facts
+        for _ in range(restarts):
+            time.sleep(0.3)
+            master.send_signal(signal.SIGUSR2)
+            new = h.notify.wait_for(lambda m: m.get("READY") == "1"
+                                    and m.get("MAINPID") != str(master.pid))
+            wait_gone(master.pid)
+            facts.setdefault("old_master_exits", []).append(master.wait(DEADLINE))
+            master = Adopted(int(new["MAINPID"]))
     elif name in ("second", "takeover"):
         # A second instance joins the port (its own sockets), or, with
-        # takeover, reads the very socket of the first; then TERM the first.
+        # takeover, reads the very sockets of the first; then TERM the first.
         first_args = second_args = ["--workers", "2"]
         if name == "takeover":
             run = os.path.join(h.dir, "run")
-            first_args = [*first_args, "--shared", "--handoff", run]
+            first_args = [*first_args, "--handoff", run]
             second_args = [*first_args, "--takeover", run]
         first = h.serve(*first_args)
         h.notify.ready(MAINPID=str(first.pid))
@@ -267,20 +355,122 @@ def scenario(name: str, h: Harness, restarts: int, seconds: float, every: float)
         time.sleep(0.3)
         second = h.serve(*second_args)
         h.notify.ready(MAINPID=str(second.pid))
-        first.send_signal(signal.SIGTERM)
-        first.wait(DEADLINE)
-        facts["first_exit"] = first.returncode
+        stop(first, facts, "first_exit")
         time.sleep(0.3)
         master = second
+    elif name in ("takeover_rollback", "takeover_crash"):
+        # The second instance goes away again (TERM), or the first crashes
+        # (SIGKILL) after the second took its sockets: the other serves on.
+        run = os.path.join(h.dir, "run")
+        first = h.serve("--workers", "2", "--handoff", run)
+        h.notify.ready(MAINPID=str(first.pid))
+        h.sender.start()
+        time.sleep(0.3)
+        second = h.serve("--workers", "2", "--takeover", run)
+        h.notify.ready(MAINPID=str(second.pid))
+        time.sleep(0.3)
+        if name == "takeover_rollback":
+            stop(second, facts, "second_exit")
+            master = first
+        else:
+            first.kill()
+            first.wait()
+            master = second
+        time.sleep(0.5)
+    elif name == "failed_second":
+        # A second instance whose handler does not import, with and without
+        # --takeover: it exits 2 and the first is untouched.
+        run = os.path.join(h.dir, "run")
+        pid_file = os.path.join(h.dir, "serve.pid")
+        master = h.serve("--workers", "2", "--handoff", run, "--pid-file", pid_file)
+        h.notify.ready(MAINPID=str(master.pid))
+        h.sender.start()
+        inode = os.stat(os.path.join(run, "handoff.sock")).st_ino
+        codes = []
+        for extra in ([], ["--takeover", run]):
+            second = h.serve("--workers", "2", "--pid-file", pid_file, "--handoff", run,
+                             *extra, handler=["broken_handler:on_packet"])
+            codes.append(second.wait(DEADLINE))
+        facts["second_exits"] = codes
+        with open(pid_file) as f:
+            facts["pid_file_kept"] = int(f.read()) == master.pid
+        facts["handoff_kept"] = os.stat(os.path.join(run, "handoff.sock")).st_ino == inode
+        time.sleep(0.3)
+    elif name == "failed_usr2":
+        # USR2 whose new master cannot start: its handler is gone, then the
+        # master is out of descriptors. The old master carries on.
+        module = os.path.join(h.dir, "swappable.py")
+        with open(module, "w") as f:
+            f.write("from recorder import on_packet, on_batch\n")
+        pid_file = os.path.join(h.dir, "serve.pid")
+        master = h.serve("--workers", "2", "--pid-file", pid_file,
+                         handler=["swappable:" + h.handler[0].split(":")[1], *h.handler[1:]],
+                         env={"PYTHONPATH": h.dir + os.pathsep + h.env["PYTHONPATH"]})
+        h.notify.ready()
+        h.sender.start()
+        os.unlink(module)
+        master.send_signal(signal.SIGUSR2)
+        h.wait_log(r"new master exited .* this master carries on")
+        in_use = len(os.listdir(f"/proc/{master.pid}/fd"))
+        soft, hard = resource.prlimit(master.pid, resource.RLIMIT_NOFILE)
+        resource.prlimit(master.pid, resource.RLIMIT_NOFILE, (in_use, hard))
+        master.send_signal(signal.SIGUSR2)
+        h.wait_log(r"(?:cannot start a new master|new master exited).*carries on", 2)
+        resource.prlimit(master.pid, resource.RLIMIT_NOFILE, (soft, hard))
+        with open(pid_file) as f:
+            facts["pid_file_kept"] = int(f.read()) == master.pid
+        time.sleep(0.3)
+    elif name == "stuck":
+        # A handler hangs for good on one number; HUP must still move its
+        # slot on, and the stuck worker is killed with its stack logged.
+        master = h.serve("--workers", "2", env={"STUCK_SEQ": "5000"})
+        h.notify.ready()
+        h.sender.start()
+        while h.sender.sent < 6000:
+            time.sleep(0.05)
+        master.send_signal(signal.SIGHUP)
+        h.notify.reloaded()
+        h.wait_log(r"did not leave within")
+        h.wait_log(r"was killed")
+        facts["stack_logged"] = "threading_free_hang" in h.log_text()
+        facts["held_bound"] = int(h.wait_log(r"up to (\d+) [^;]*? it had taken")[0])
+    elif name == "drain_kill":
+        # TTOU: slot 1 drains a backlog (its handler is slow); its worker is
+        # SIGKILLed mid-drain and another worker finishes the drain.
+        master = h.serve("--workers", "2", env={"SLOW_SLOT": "1", "SLOW_SECONDS": "0.0005"},
+                         handler=HANDLERS["packet"])
+        h.notify.ready()
+        h.sender.start()
+        time.sleep(1.5)
+        victim = {int(p) for p in re.findall(r"worker (\d+) ready on slot 1", h.log_text())}
+        master.send_signal(signal.SIGTTOU)
+        h.notify.status("1 workers")
+        time.sleep(0.2)
+        for pid in victim:
+            os.kill(pid, signal.SIGKILL)
+        h.wait_log(r"left after delivering", 1)
+        facts["held_bound"] = int(h.wait_log(r"up to (\d+) [^;]*? it had taken")[0])
+        time.sleep(0.3)
+    elif name == "slow_start_term":
+        # HUP whose new workers take 8 s to import; TERM 0.5 s later acts at once.
+        flag = os.path.join(h.dir, "stall")
+        master = h.serve("--workers", "2", env={"STALL_IMPORT": flag})
+        h.notify.ready()
+        h.sender.start()
+        time.sleep(0.3)
+        open(flag, "w").close()
+        master.send_signal(signal.SIGHUP)
+        time.sleep(0.5)
+        stop(master, facts)
+        time.sleep(0.1)
+        return facts
     elif name == "term":
         master = h.serve("--workers", "2")
         h.notify.ready()
         h.sender.start()
         time.sleep(0.5)
-        master.send_signal(signal.SIGTERM)
-        master.wait(DEADLINE)
+        stop(master, facts)
         time.sleep(0.1)  # the sender goes on after the stop
-        facts["master_exit"] = master.returncode
         return facts
     elif name == "systemd":
         activate = ["systemd-socket-activate", "--datagram", "-l", f"127.0.0.1:{PORT}",
@@ -293,15 +483,136 @@ def scenario(name: str, h: Harness, restarts: int, seconds: float, every: float)
         h.sender.start()
         for _ in range(restarts):
             master.send_signal(signal.SIGHUP)
-            h.notify.wait_for(lambda m: m.get("RELOADING") == "1")
-            h.notify.ready()
+            h.notify.reloaded()
+    elif name == "manager":
+        # A service manager keeps the socket; the service is stopped (TERM),
+        # crashes (SIGKILL of the master) and is started again on it.
+        manager = Manager()
+        start = dict(prefix=manager.prefix(), bind=False, env={"LISTEN_FDS": "1"},
+                     pass_fds=(manager.sock.fileno(),))
+        master = h.serve("--workers", "2", **start)
+        h.notify.ready()
+        h.sender.start()
+        for end in ("term", "kill"):
+            time.sleep(0.5)
+            if end == "term":
+                stop(master, facts, "term_exit")
+            else:
+                master.kill()
+                master.wait()
+            time.sleep(0.2)
+            master = h.serve("--workers", "2", **start)
+            h.notify.ready(MAINPID=str(master.pid))
+        time.sleep(0.5)
+        h.sender.stop()
+        time.sleep(0.3)
+        stop(master, facts)
+        manager.sock.close()
+        return facts
+    elif name == "chaos":
+        return chaos(h, seconds, facts)
     else:
         raise SystemExit(f"unknown scenario {name!r}")
     time.sleep(0.3)
     h.sender.stop()
-    master.send_signal(signal.SIGTERM)
-    master.wait(DEADLINE)
-    facts["master_exit"] = master.returncode
+    time.sleep(0.2)
+    stop(master, facts)
+    if name in ("flows", "usr2"):
+        facts.update(flows(h))
+    return facts
+
+
+class Adopted:
+    """A master we did not start (an upgrade's), as far as scenarios need."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode = None
+
+    def send_signal(self, sig: int) -> None:
+        os.kill(self.pid, sig)
+
+    def wait(self, timeout: float):
+        """Its exit status, read from the zombie (or 0 once reaped by
+        another), None if it still runs."""
+        wait_gone(self.pid, timeout)
+        try:
+            with open(f"/proc/{self.pid}/stat") as f:
+                fields = f.read().split(") ")[1].split()
+        except FileNotFoundError:
+            self.returncode = 0
+            return 0
+        if fields[0] != "Z":
+            return None
+        status = int(fields[-1])  # exit_code, as waitpid() would give it
+        self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def poll(self):
+        return None if os.path.exists(f"/proc/{self.pid}") else 0
+
+    def kill(self) -> None:
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def chaos(h: Harness, seconds: float, facts: dict) -> dict:
+    """Random HUP, TTIN, TTOU, USR2 to the master and SIGKILL of random
+    workers at random intervals, under steady traffic, for `seconds`."""
+    rng = random.Random(int(os.environ.get("CHAOS_SEED", time.time())))
+    master = h.serve("--workers", "2")
+    h.notify.ready(MAINPID=str(master.pid))
+    h.sender.start()
+    current = master
+    done: dict = {}
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        time.sleep(rng.uniform(0.1, 1.0))
+        action = rng.choice(["hup", "ttin", "ttou", "usr2", "kill", "kill"])
+        pid = current.pid
+        if action == "kill":
+            workers = children(pid)
+            if not workers:
+                continue
+            os.kill(rng.choice(workers), signal.SIGKILL)
+        elif action == "usr2":
+            os.kill(pid, signal.SIGUSR2)
+            try:
+                new = h.notify.wait_for(lambda m: m.get("READY") == "1"
+                                        and m.get("MAINPID", str(pid)) != str(pid), timeout=20)
+            except TimeoutError:
+                continue
+            current = Adopted(int(new["MAINPID"]))
+        else:
+            os.kill(pid, {"hup": signal.SIGHUP, "ttin": signal.SIGTTIN,
+                          "ttou": signal.SIGTTOU}[action])
+        done[action] = done.get(action, 0) + 1
+    time.sleep(1.0)
+    h.sender.stop()
+    time.sleep(1.0)
+    zombies = 0
+    for child in children(current.pid):
+        try:
+            with open(f"/proc/{child}/stat") as f:
+                zombies += f.read().split(") ")[1].startswith("Z")
+        except FileNotFoundError:
+            pass
+    facts["zombies"] = zombies
+    started = time.monotonic()
+    os.kill(current.pid, signal.SIGTERM)
+    wait_gone(current.pid)
+    if master.poll() is None:
+        master.wait(DEADLINE)
+    facts["stop_seconds"] = round(time.monotonic() - started, 2)
+    facts["master_exit"] = master.returncode if current is master else 0
+    facts["actions"] = done
+    text = h.log_text()
+    facts["kills"] = len(re.findall(r"killed by SIGKILL", text))
+    facts["held_bound"] = sum(int(n) for n in re.findall(r"up to (\d+) [^;]*? it had taken", text))
+    facts["leaked_processes"] = len(ours(h.dir))
+    facts["tracebacks"] = text.count("Traceback")
     return facts
 
 
@@ -310,7 +621,7 @@ def run_in_namespace(name: str, *args: str, timeout: float = 600) -> dict:
     result = subprocess.run(["unshare", "-n", sys.executable, os.path.abspath(__file__),
                              name, *args], capture_output=True, text=True, timeout=timeout)
     if result.returncode != 0:
-        raise RuntimeError(f"scenario {name} failed:\n{result.stderr[-3000:]}")
+        raise RuntimeError(f"scenario {name} failed:\n{result.stderr[-5000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
@@ -335,19 +646,23 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("scenario")
     parser.add_argument("--rate", type=int, default=20_000)
+    parser.add_argument("--handler", choices=sorted(HANDLERS), default="packet")
     parser.add_argument("--restarts", type=int, default=20)
     parser.add_argument("--seconds", type=float, default=3.0,
-                        help="length of a steady or soak run")
+                        help="length of a steady, soak or chaos run")
     parser.add_argument("--every", type=float, default=30.0,
                         help="seconds between rolling restarts in a soak")
     args = parser.parse_args()
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
     with tempfile.TemporaryDirectory() as directory:
-        h = Harness(directory, args.rate, args.seconds)
+        h = Harness(directory, args.rate, args.handler, args.seconds)
         before = udp_counters()
         started = time.monotonic()
         try:
             facts = scenario(args.scenario, h, args.restarts, args.seconds, args.every)
+        except BaseException:
+            print(h.log_text()[-6000:], file=sys.stderr)
+            raise
         finally:
             sent = h.sender.stop() if h.sender.is_alive() or h.sender.sent else 0
             for proc in h.masters:
@@ -355,10 +670,11 @@ def main() -> None:
                     proc.kill()
                     proc.wait()
         after = udp_counters()
-        got = h.received()
+        got = np.concatenate([n for _, _, n in h.records()] or [np.zeros(0, dtype="<u8")])
         unique, counts = np.unique(got, return_counts=True)
         result = {
-            "scenario": args.scenario, "rate": args.rate, "seconds": time.monotonic() - started,
+            "scenario": args.scenario, "handler": args.handler, "rate": args.rate,
+            "seconds": time.monotonic() - started,
             "sent": sent, "achieved_rate": h.sender.achieved_rate(),
             "received": int(got.size), "unique": int(unique.size),
             "duplicates": int((counts > 1).sum()),
@@ -366,6 +682,8 @@ def main() -> None:
             "missing": int(sent - np.isin(np.arange(sent), unique).sum()),
             "highest": int(unique.max()) if unique.size else -1,
             "counters": {k: after[k] - before[k] for k in COUNTERS},
+            "reported_drops": sum(int(n) for n in re.findall(r"kernel dropped (\d+)",
+                                                            h.log_text())),
             **facts,
         }
     print(json.dumps(result))
