@@ -558,6 +558,13 @@ class Adopted:
             pass
 
 
+def descriptors_beyond_workers(pid: int) -> int:
+    """The master's open descriptors less the three each worker's slot
+    costs (its socket, status and command pipes): the same at start and at
+    the end of a run unless something leaked."""
+    return len(os.listdir(f"/proc/{pid}/fd")) - 3 * len(children(pid))
+
+
 def chaos(h: Harness, seconds: float, facts: dict) -> dict:
     """Random HUP, TTIN, TTOU, USR2 to the master and SIGKILL of random
     workers at random intervals, under steady traffic, for `seconds`."""
@@ -565,6 +572,7 @@ def chaos(h: Harness, seconds: float, facts: dict) -> dict:
     master = h.serve("--workers", "2")
     h.notify.ready(MAINPID=str(master.pid))
     h.sender.start()
+    facts["descriptors_at_start"] = descriptors_beyond_workers(master.pid)
     current = master
     done: dict = {}
     end = time.monotonic() + seconds
@@ -600,6 +608,7 @@ def chaos(h: Harness, seconds: float, facts: dict) -> dict:
         except FileNotFoundError:
             pass
     facts["zombies"] = zombies
+    facts["descriptors_at_end"] = descriptors_beyond_workers(current.pid)
     started = time.monotonic()
     os.kill(current.pid, signal.SIGTERM)
     wait_gone(current.pid)
