@@ -36,7 +36,8 @@ ADDRESS = ("127.0.0.1", PORT)
 FLOWS = 32
 COUNTERS = ("NoPorts", "RcvbufErrors", "InErrors")
 DEADLINE = 60.0  # no step of a scenario waits longer
-HANDLERS = {"batch": ["recorder:on_batch", "--batches"], "packet": ["recorder:on_packet"]}
+HANDLERS = {"batch": ["recorder:on_batch", "--batches"], "packet": ["recorder:on_packet"],
+            "buffered": ["buffered_recorder:on_packet"]}
 
 
 def activator_env(**extra: str) -> list:

@@ -61,6 +61,13 @@ def test_rolling_restarts(handler):
     assert_exact(r)
 
 
+def test_a_handler_that_flushes_when_its_worker_leaves_loses_nothing():
+    # Its output reaches the file only in worker_stop(): through rolling
+    # restarts, added and removed workers and the final stop.
+    assert_exact(run_scenario("hup", "--restarts", "5", "--handler", "buffered"))
+    assert_exact(run_scenario("ttin_ttou", "--handler", "buffered"))
+
+
 def test_rolling_restarts_on_one_shared_socket():
     assert_exact(run_scenario("shared", "--restarts", "5"))
 

@@ -7,7 +7,10 @@ passes from the old worker to the new one like a baton, so nobody reads it
 twice and the queue bridges the moment between.
 
 A worker never sheds a socket: the master alone knows who else holds it.
-TERM and INT are left to the master (Ctrl-C reaches the whole process
+The handler's module may define worker_start(), called once before the
+worker says it is ready, and worker_stop(), called after its last packet,
+whichever way it leaves (restart, stop, removal, its master gone): the
+place to open and to flush a sink. TERM and INT are left to the master (Ctrl-C reaches the whole process
 group); QUIT makes the worker exit now; USR2 prints every thread's stack
 (faulthandler), which the master asks for before it kills a stuck worker.
 """
@@ -24,7 +27,7 @@ import signal
 import sys
 import threading
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Tuple
 
 from udp_reader import Reader, sockets
 from udp_reader.serve import protocol
@@ -36,8 +39,10 @@ class HandlerError(Exception):
     """The handler named on the command line cannot be loaded."""
 
 
-def load_handler(spec: str) -> Callable[..., Any]:
-    """Import "package.module:attribute" and return the callable."""
+def load_handler(spec: str) -> Tuple[Callable[..., Any], Optional[Callable[[], Any]],
+                                     Optional[Callable[[], Any]]]:
+    """Import "package.module:attribute"; return the callable and the
+    module's optional lifecycle hooks, worker_start() and worker_stop()."""
     module_name, sep, attribute = spec.partition(":")
     if not sep or not module_name or not attribute:
         raise HandlerError(f"handler {spec!r} must look like MODULE:CALLABLE")
@@ -53,7 +58,17 @@ def load_handler(spec: str) -> Callable[..., Any]:
             raise HandlerError(f"module {module_name!r} has no {attribute!r}") from None
     if not callable(target):
         raise HandlerError(f"handler {spec!r} is not callable")
-    return target
+    module = sys.modules[module_name]
+    hooks = [getattr(module, name, None) for name in ("worker_start", "worker_stop")]
+    start, stop = (hook if callable(hook) else None for hook in hooks)
+    return target, start, stop
+
+
+def _hook(hook: Callable[[], Any]) -> None:
+    try:
+        hook()
+    except Exception as e:
+        raise HandlerError(f"{hook.__name__}() raised {type(e).__name__}: {e}") from None
 
 
 class RateLimitedLog:
@@ -150,7 +165,9 @@ class Worker:
             # not on the first batch.
             import numpy  # noqa: F401
         try:
-            handler = load_handler(config["handler"])
+            handler, start, stop = load_handler(config["handler"])
+            if start is not None:
+                _hook(start)
             self.reader = Reader(fileno=config["fd"], **config["reader"])
         except (HandlerError, ValueError, OSError) as e:
             self.report(error=str(e))  # the master tells the operator
@@ -162,7 +179,13 @@ class Worker:
             self._serve(handler)
         self._leave(handler)
         self.errors.flush()
-        self.report(released=True, stats=self.stats())
+        self.report(released=True)
+        if stop is not None:  # after the last packet: the handler flushes its sink
+            try:
+                _hook(stop)
+            except HandlerError as e:
+                log.error("%s", e)
+        self.report(stats=self.stats())
         return 0
 
     def _serve(self, handler: Callable[..., Any]) -> None:
