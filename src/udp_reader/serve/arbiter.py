@@ -29,7 +29,7 @@ import signal
 import socket
 import subprocess
 import time
-from typing import Callable, Deque, Dict, List, Optional
+from typing import Deque, Dict, Iterator, List, Optional, Tuple
 
 from udp_reader import handoff, sockets, systemd
 from udp_reader.serve import protocol, upgrade
@@ -47,7 +47,7 @@ FAST_STOP = 5.0         # longest a fast stop waits before it kills
 MAX_BACKOFF = 30.0      # between attempts to start a worker for a slot without one
 NEVER = float("inf")
 
-SIGNALS = {
+SIGNALS: Dict[int, str] = {
     signal.SIGHUP: "reload",
     signal.SIGTERM: "stop",
     signal.SIGINT: "interrupt",
@@ -174,17 +174,20 @@ class Arbiter:
         if self.shared or handed[0].slot is None or any(h.external for h in handed):
             self.shared = True
             first = Listener(handed[0].sock, external=handed[0].external)
-            for extra in handed[1:]:
+            if len(handed) > 1:
                 log.warning("serving only the first of %d sockets passed", len(handed))
+            for extra in handed[1:]:
                 extra.sock.close()
             self.slots = [Slot(i, first) for i in range(self.target)]
             return
         for h in handed:
+            assert h.slot is not None
             self.slots.append(Slot(h.slot, Listener(h.sock)))
         self.target = max(self.target, len(self.slots))
         self._add_missing_slots()
 
     def _new_listener(self) -> Listener:
+        assert self.config.bind is not None  # sockets we bind come from --bind
         sock, sockaddr = sockets.unbound_socket(self.config.bind, reuseport=True,
                                                 rcvbuf=self.config.reader.rcvbuf)
         return Listener(sock, sockaddr)
@@ -590,12 +593,7 @@ class Arbiter:
             worker.kill()
             worker.close()
         sole = not self._co_held()
-        seen = set()
-        for slot in self.slots + self.drains:
-            listener = slot.listener
-            if id(listener) in seen:
-                continue
-            seen.add(id(listener))
+        for slot, listener in self._listeners():
             left = listener.close(discard=sole and not listener.external)
             if left:
                 log.warning("%d datagram(s) still queued on the socket of %s were "
@@ -618,14 +616,10 @@ class Arbiter:
     def _may_shed(self, listener: Listener) -> bool:
         return not listener.external and not self._co_held()
 
-    def _handed(self) -> list:
-        seen, out = set(), []
-        for slot in self.slots:
-            listener = slot.listener
-            if listener.unbound is None and id(listener) not in seen:
-                seen.add(id(listener))
-                out.append((slot.index, listener.sock, listener.external))
-        return out
+    def _handed(self) -> List[Tuple[int, socket.socket, bool]]:
+        """The sockets of the port's group, to hand to another master."""
+        return [(slot.index, listener.sock, listener.external)
+                for slot, listener in self._listeners(drains=False) if listener.unbound is None]
 
     def _upgrade(self) -> None:
         self.upgrade_asked = False
@@ -687,13 +681,16 @@ class Arbiter:
 
     # -- telling the operator ----------------------------------------------------------------
 
-    def _watch_drops(self) -> None:
+    def _listeners(self, drains: bool = True) -> Iterator[Tuple[Slot, Listener]]:
+        """Each socket we hold once, with the first slot that reads it."""
         seen = set()
-        for slot in self.slots + self.drains:
-            listener = slot.listener
-            if id(listener) in seen:
-                continue
-            seen.add(id(listener))
+        for slot in self.slots + (self.drains if drains else []):
+            if id(slot.listener) not in seen:
+                seen.add(id(slot.listener))
+                yield slot, slot.listener
+
+    def _watch_drops(self) -> None:
+        for slot, listener in self._listeners():
             new = listener.new_drops()
             if new:
                 self.kernel_drops += new

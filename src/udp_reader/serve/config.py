@@ -57,6 +57,9 @@ class Config:
                    pid_file=args.pid_file, handoff_dir=args.handoff, takeover_dir=args.takeover)
 
 
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(Config)}
+
+
 def add_parser(sub: "argparse._SubParsersAction") -> argparse.ArgumentParser:
     serve = sub.add_parser(
         "serve", help="run a handler in supervised worker processes",
@@ -75,12 +78,11 @@ def add_parser(sub: "argparse._SubParsersAction") -> argparse.ArgumentParser:
     serve.add_argument("--batches", action="store_true",
                        help="call the handler once per received batch")
     ReaderOptions.add_arguments(serve)
-    serve.add_argument("--grace", type=float, default=_DEFAULTS["grace"], metavar="S",
-                       help="a draining socket is done once idle this long (default %(default)s)")
-    serve.add_argument("--graceful-timeout", type=float, default=_DEFAULTS["graceful_timeout"], metavar="S",
-                       help="longest a worker may take to leave (default %(default)s)")
-    serve.add_argument("--start-timeout", type=float, default=_DEFAULTS["start_timeout"], metavar="S",
-                       help="longest a new worker may take to be ready (default %(default)s)")
+    for name, what in (("grace", "a draining socket is done once idle this long"),
+                       ("graceful_timeout", "longest a worker may take to leave"),
+                       ("start_timeout", "longest a new worker may take to be ready")):
+        serve.add_argument("--" + name.replace("_", "-"), type=float, default=_DEFAULTS[name],
+                           metavar="S", help=f"{what}, seconds (default %(default)s)")
     serve.add_argument("--pid-file", metavar="FILE",
                        help="write the master's pid here once it serves")
     serve.add_argument("--handoff", metavar="DIR",
@@ -91,5 +93,3 @@ def add_parser(sub: "argparse._SubParsersAction") -> argparse.ArgumentParser:
                             "alongside it; then TERM that master")
     return serve
 
-
-_DEFAULTS = {f.name: f.default for f in dataclasses.fields(Config)}
