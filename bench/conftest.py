@@ -43,6 +43,8 @@ TARGETS = [
 def pytest_addoption(parser):
     parser.addoption("--soak-seconds", type=float, default=0,
                      help="run the soak benchmark this long (it is skipped otherwise)")
+    parser.addoption("--chaos-seconds", type=float, default=180,
+                     help="how long the chaos benchmark runs (default 180)")
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,8 @@ import statistics
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
 from restart_harness import run_in_namespace, sustained_rate  # noqa: E402
 
@@ -35,3 +37,30 @@ def test_loss_across_100_rolling_restarts(benchmark):
           f"lost {result['missing']}, duplicated {result['duplicates']}, "
           f"Udp counters {result['counters']}; each restart took median "
           f"{statistics.median(times):.2f} s, max {max(times):.2f} s")
+
+
+@pytest.mark.parametrize("handler", ["packet", "batch"])
+def test_chaos(request, benchmark, handler):
+    """Minutes of random HUP, TTIN, TTOU, USR2 and SIGKILLed workers under
+    20,000 datagrams/s, at the defaults: every datagram arrives once or was
+    inside a receive a killed worker held (the bound the master logs)."""
+    seconds = request.config.getoption("--chaos-seconds")
+    result = {}
+
+    def chaos():
+        result.update(run_in_namespace("chaos", "--seconds", str(seconds), "--handler", handler,
+                                       timeout=seconds + 300))
+
+    benchmark.group = "chaos"
+    benchmark.pedantic(chaos, rounds=1)
+    keys = ("sent", "missing", "held_bound", "duplicates", "counters", "actions", "kills",
+            "zombies", "leaked_processes", "descriptors_at_start", "descriptors_at_end",
+            "stop_seconds")
+    benchmark.extra_info.update({k: result[k] for k in keys})
+    print(f"\nchaos ({handler} handler): {seconds:.0f} s at 20,000 datagrams/s, actions "
+          f"{result['actions']}; sent {result['sent']}, lost {result['missing']} "
+          f"(bound from {result['kills']} kills: {result['held_bound']}), duplicated "
+          f"{result['duplicates']}, Udp counters {result['counters']}; zombies "
+          f"{result['zombies']}, leaked processes {result['leaked_processes']}, master "
+          f"descriptors beyond workers {result['descriptors_at_start']} -> "
+          f"{result['descriptors_at_end']}; TERM took {result['stop_seconds']} s")
