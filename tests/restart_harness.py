@@ -421,6 +421,29 @@ def scenario(name: str, h: Harness, restarts: int, seconds: float, every: float)
         with open(pid_file) as f:
             facts["pid_file_kept"] = int(f.read()) == master.pid
         time.sleep(0.3)
+    elif name == "orphan_slot":
+        # A worker dies while its handler cannot be imported any more: the
+        # slot's socket leaves the port (the other slot takes its traffic)
+        # and, once the handler is back, a worker drains what it queued.
+        module = os.path.join(h.dir, "swappable.py")
+        with open(module, "w") as f:
+            f.write("from recorder import on_packet, on_batch\n")
+        master = h.serve("--workers", "2",
+                         handler=["swappable:" + h.handler[0].split(":")[1], *h.handler[1:]],
+                         env={"PYTHONPATH": h.dir + os.pathsep + h.env["PYTHONPATH"]})
+        h.notify.ready()
+        h.sender.start()
+        time.sleep(0.3)
+        os.rename(module, module + ".away")
+        victim = int(h.wait_log(r"worker (\d+) ready on slot 1")[0])
+        os.kill(victim, signal.SIGKILL)
+        h.wait_log(r"slot 1 leaves the port")
+        time.sleep(1.0)
+        os.rename(module + ".away", module)
+        h.wait_log(r"left after delivering")  # the drain
+        h.wait_log(r"worker \d+ ready on slot 1", 2)
+        facts["held_bound"] = int(h.wait_log(r"up to (\d+) [^;]*? it had taken")[0])
+        time.sleep(0.3)
     elif name == "stuck":
         # A handler hangs for good on one number; HUP must still move its
         # slot on, and the stuck worker is killed with its stack logged.

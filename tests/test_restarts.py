@@ -174,6 +174,10 @@ def test_killed_worker_loses_at_most_the_receive_it_held(handler):
     assert r["reported_drops"] == r["counters"]["RcvbufErrors"] == 0
 
 
+def test_slot_whose_worker_cannot_be_replaced_leaves_the_port_and_is_drained_later():
+    assert_within_held(run_scenario("orphan_slot"))
+
+
 def test_stuck_handler_does_not_stop_a_rolling_restart():
     r = run_scenario("stuck")
     assert r["stack_logged"]
