@@ -32,7 +32,7 @@ import time
 from typing import Deque, Dict, Iterator, List, Optional, Tuple
 
 from udp_reader import handoff, sockets, systemd
-from udp_reader.serve import protocol, upgrade
+from udp_reader.serve import protocol, statusfile, upgrade
 from udp_reader.serve.config import Config
 from udp_reader.serve.listeners import Listener
 from udp_reader.serve.pidfile import PidFile
@@ -114,6 +114,8 @@ class Arbiter:
         self.peers: List[socket.socket] = []
         self.handover_deadline = NEVER
         self.totals: collections.Counter = collections.Counter()
+        self.past: Dict[int, collections.Counter] = collections.defaultdict(collections.Counter)
+        self.events: collections.Counter = collections.Counter()  # starts, exits by cause
         self.kernel_drops = 0
         self.next_watch = 0.0
         self.status = ""
@@ -207,6 +209,7 @@ class Arbiter:
             self._check_deadlines(now)
             if now >= self.next_watch:
                 self._watch_drops()
+                self._publish()
                 self.next_watch = now + 1.0
             self._tell_status()
             if self.phase is Phase.STOPPING and not self.workers:
@@ -296,6 +299,7 @@ class Arbiter:
                       and s.worker.generation == self.generation for s in self.slots)
         if settled and self.reloading:
             self.reloading = False
+            self.events["restarts"] += 1
             log.info("rolling restart complete")
             systemd.notify("READY=1", self._status())
         if settled and self.upgrade_asked:
@@ -337,6 +341,7 @@ class Arbiter:
         self.workers[worker.pid] = worker
         self.selector.register(worker.status_fd, selectors.EVENT_READ, worker)
         slot.successor = worker
+        self.events["worker_starts"] += 1
 
     def _take_turn(self, slot: Slot) -> None:
         """The slot's successor reads from now on (or drains, if the slot
@@ -486,31 +491,39 @@ class Arbiter:
             self.selector.unregister(worker.status_fd)
         worker.close()
         del self.workers[worker.pid]
-        self.totals.update({k: v for k, v in worker.stats.items() if isinstance(v, int)})
+        counts = {k: v for k, v in worker.stats.items() if isinstance(v, int)}
+        self.totals.update(counts)
+        self.past[worker.slot].update(counts)
         slot = next((s for s in self.slots + self.drains
                      if worker in (s.worker, s.successor)), None)
         lost = self._held(worker)
         if slot is not None and slot.successor is worker:
+            self.events["exits_failed_start"] += 1
             self._start_failed(slot, "a new worker failed to start: "
                                + (worker.error or exit_reason(code)))
             return
         if slot is not None:
             slot.worker = None
         if not worker.reads:
+            self.events["exits_dismissed"] += 1
             log.info("%r stopped before it read anything", worker)
             return
         if code == 0 and worker.state is State.LEAVING:
+            self.events["exits_left"] += 1
             log.info("%r left after delivering %s packet(s)", worker,
                      worker.stats.get("delivered", "?"))
             if slot is not None and slot.draining:
                 self._drained(slot)
             return
         if worker.state is State.KILLED:
+            self.events["exits_killed"] += 1
             log.error("%r was killed%s", worker, lost)
         elif slot is not None and self.phase is not Phase.STOPPING:
+            self.events["exits_crashed"] += 1
             log.error("%r died (%s)%s; a new worker takes over its socket and queue",
                       worker, exit_reason(code), lost)
         else:
+            self.events["exits_crashed"] += 1
             log.error("%r failed while leaving (%s)%s", worker, exit_reason(code), lost)
 
     def _held(self, worker: WorkerProcess) -> str:
@@ -606,6 +619,7 @@ class Arbiter:
             self.handoff_server.close()
         if self.pid_file is not None:
             self.pid_file.remove()
+            statusfile.remove(statusfile.path_for(self.pid_file.path))
         self.selector.close()
 
     # -- others holding our sockets --------------------------------------------------------
@@ -700,6 +714,38 @@ class Arbiter:
                         if self.config.reader.gro else "datagram(s)")
                 log.warning("the kernel dropped %d %s on %s%s: its receive queue was full",
                             new, unit, where, "" if self.shared else reader)
+
+    def snapshot(self) -> dict:
+        """What the master knows, for `udp-reader status` and metrics: each
+        slot's socket and workers, and counters that only grow."""
+        slots = []
+        for slot in self.slots + self.drains:
+            info = sockets.meminfo(slot.listener.sock) if slot.listener.unbound is None else ()
+            workers = [w for w in (slot.worker, slot.successor) if w is not None]
+            live = collections.Counter(self.past[slot.index])
+            for w in self.workers.values():
+                if w.slot == slot.index:
+                    live.update({k: v for k, v in w.stats.items() if isinstance(v, int)})
+            slots.append({
+                "slot": slot.index,
+                "state": ("draining" if slot.draining else "no reader" if slot.worker is None
+                          else slot.worker.state.value),
+                "queued_bytes": info[0] if info else 0,
+                "kernel_drops": slot.listener.drops_seen,
+                "workers": [{"pid": w.pid, "state": w.state.value, "started": w.started,
+                             "stats": w.stats} for w in workers],
+                "totals": dict(live),
+            })
+        return {"pid": os.getpid(), "address": self.address, "time": time.time(),
+                "phase": self.phase.value, "workers": self.target, "slots": slots,
+                "events": dict(self.events), "kernel_drops": self.kernel_drops}
+
+    def _publish(self) -> None:
+        if self.pid_file is not None and self.announced:
+            try:
+                statusfile.write(statusfile.path_for(self.pid_file.path), self.snapshot())
+            except OSError as e:
+                log.warning("cannot write the status file: %s", _text(e))
 
     def _status(self) -> str:
         serving = sum(1 for s in self.slots if s.worker is not None

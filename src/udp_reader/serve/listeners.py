@@ -23,6 +23,7 @@ class Listener:
         self.external = external
         self._peer: Optional[socket.socket] = None  # our throwaway peer, once shed
         self._drops = sockets.kernel_drops(sock)
+        self.drops_seen = 0  # since the master took it
 
     @property
     def shed(self) -> bool:
@@ -46,6 +47,7 @@ class Listener:
         wraps at 2**32)."""
         now = sockets.kernel_drops(self.sock)
         new, self._drops = (now - self._drops) & 0xFFFFFFFF, now
+        self.drops_seen += new
         return new
 
     def close(self, discard: bool) -> int:

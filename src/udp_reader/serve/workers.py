@@ -41,6 +41,7 @@ class WorkerProcess:
         self.error = ""
         self.released = False
         self.reads = False
+        self.started = time.time()
         self._pending = b""
 
     def tell(self, command: str, state: State, deadline: float) -> None:
