@@ -20,6 +20,7 @@ import os
 import random
 import re
 import resource
+import shutil
 import signal
 import socket
 import subprocess
@@ -444,6 +445,52 @@ def scenario(name: str, h: Harness, restarts: int, seconds: float, every: float)
         h.wait_log(r"worker \d+ ready on slot 1", 2)
         facts["held_bound"] = int(h.wait_log(r"up to (\d+) [^;]*? it had taken")[0])
         time.sleep(0.3)
+    elif name == "timeout":
+        # --timeout: a handler stuck for good is killed, stack and all, and
+        # its slot goes on with a new worker on the same socket and queue.
+        master = h.serve("--workers", "2", "--timeout", "2", env={"STUCK_SEQ": "5000"})
+        h.notify.ready()
+        h.sender.start()
+        h.wait_log(r"has not returned for")
+        h.wait_log(r"was killed")
+        h.wait_log(r"worker \d+ ready", 3)
+        time.sleep(0.5)
+        facts["stack_logged"] = "threading_free_hang" in h.log_text()
+        facts["held_bound"] = int(h.wait_log(r"up to (\d+) [^;]*? it had taken")[0])
+    elif name == "recycle":
+        # --max-packets: workers are replaced as they reach their count.
+        master = h.serve("--workers", "2", "--max-packets", "8000", "--max-packets-jitter", "2000")
+        h.notify.ready()
+        h.sender.start()
+        h.wait_log(r"--max-packets\); replacing it", 4)
+        time.sleep(0.5)
+        facts["recycled"] = len(re.findall(r"--max-packets\); replacing it", h.log_text()))
+    elif name == "privileged":
+        # Port 514 (needs root to bind) served by workers running as nobody;
+        # HUP, TTIN and USR2 work as ever.
+        os.chmod(h.dir, 0o777)
+        for module in ("recorder.py", "buffered_recorder.py"):
+            shutil.copy(os.path.join(HERE, module), h.dir)
+        master = h.serve("--workers", "2", "--user", "nobody",
+                         env={"PYTHONPATH": h.dir + os.pathsep + h.env["PYTHONPATH"]})
+        h.notify.ready(MAINPID=str(master.pid))
+        h.sender.start()
+        for sig in (signal.SIGHUP, signal.SIGTTIN):
+            time.sleep(0.3)
+            master.send_signal(sig)
+            if sig == signal.SIGHUP:
+                h.notify.reloaded()
+            else:
+                h.notify.status("3 workers")
+        time.sleep(0.3)
+        master.send_signal(signal.SIGUSR2)
+        new = h.notify.wait_for(lambda m: m.get("READY") == "1"
+                                and m.get("MAINPID") != str(master.pid))
+        facts["old_master_exits"] = [master.wait(DEADLINE)]
+        master = Adopted(int(new["MAINPID"]))
+        time.sleep(0.3)
+        facts["worker_uids"] = sorted({os.stat(p).st_uid for p in
+                                       glob.glob(os.path.join(h.dir, "*.seq"))})
     elif name == "stuck":
         # A handler hangs for good on one number; HUP must still move its
         # slot on, and the stuck worker is killed with its stack logged.
@@ -676,6 +723,7 @@ def sustained_rate() -> int:
 
 
 def main() -> None:
+    global PORT, ADDRESS
     parser = argparse.ArgumentParser()
     parser.add_argument("scenario")
     parser.add_argument("--rate", type=int, default=20_000)
@@ -685,7 +733,9 @@ def main() -> None:
                         help="length of a steady, soak or chaos run")
     parser.add_argument("--every", type=float, default=30.0,
                         help="seconds between rolling restarts in a soak")
+    parser.add_argument("--port", type=int, default=7777)
     args = parser.parse_args()
+    PORT, ADDRESS = args.port, ("127.0.0.1", args.port)
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
     with tempfile.TemporaryDirectory() as directory:
         h = Harness(directory, args.rate, args.handler, args.seconds)

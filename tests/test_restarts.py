@@ -178,6 +178,26 @@ def test_slot_whose_worker_cannot_be_replaced_leaves_the_port_and_is_drained_lat
     assert_within_held(run_scenario("orphan_slot"))
 
 
+def test_timeout_kills_a_stuck_handler_and_its_slot_carries_on():
+    r = run_scenario("timeout")
+    assert r["stack_logged"]
+    assert_within_held(r)
+
+
+@HANDLERS
+def test_workers_recycled_after_max_packets_lose_nothing(handler):
+    r = run_scenario("recycle", "--handler", handler)
+    assert r["recycled"] >= 4
+    assert_exact(r)
+
+
+def test_port_514_served_by_workers_running_as_nobody():
+    r = run_scenario("privileged", "--port", "514")
+    assert r["worker_uids"] == [65534]
+    assert r["old_master_exits"] == [0]
+    assert_exact(r)
+
+
 def test_stuck_handler_does_not_stop_a_rolling_restart():
     r = run_scenario("stuck")
     assert r["stack_logged"]

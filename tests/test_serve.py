@@ -15,6 +15,7 @@ import time
 import pytest
 
 from conftest import DEADLINE, send
+from udp_reader.serve import privileges
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -167,6 +168,11 @@ def test_unwritable_pid_file_is_a_clear_error(record_dir):
     (["--min-size", "10", "--max-size", "2"], "must not exceed"),
     (["--handoff", "/tmp"], "closed to others (mode 0700)"),
     (["--graceful-timeout", "0"], "--graceful-timeout must be positive"),
+    (["--timeout", "0"], "--timeout must be positive"),
+    (["--max-packets", "-1"], "--max-packets must be at least 1"),
+    (["--max-packets", "5", "--max-packets-jitter", "-1"], "--max-packets-jitter must be 0"),
+    (["--user", "no-such-user-here"], "--user: no user 'no-such-user-here'"),
+    (["--user", "nobody", "--group", "no-such-group-here"], "--group: no group"),
     (["--rcvbuf", "-1"], "--rcvbuf must be a positive int"),
     (["--shared", "--takeover", "/proc/no/such/dir"], "No such file or directory"),
     (["--shared", "--takeover", "{record_dir}/run"], "no handoff at"),
@@ -224,3 +230,23 @@ def test_a_second_interrupt_makes_a_graceful_stop_fast(record_dir):
     # fast stop ends this within the deadline.
     assert server.proc.wait(DEADLINE) == 0
     assert any("did not leave within 5 s" in l for l in server.lines)
+
+
+def test_changing_user_needs_a_root_master():
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: no exec, so root's private interpreter is no obstacle
+        try:
+            os.setgid(65534)
+            os.setuid(65534)
+            privileges.resolve("nobody", None)
+            outcome = "resolved"
+        except ValueError as e:
+            outcome = str(e)
+        os.write(write_end, outcome.encode())
+        os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end) as f:
+        outcome = f.read()
+    os.waitpid(pid, 0)
+    assert outcome == "--user and --group need a master running as root (this one runs as uid 65534)"

@@ -24,6 +24,7 @@ import collections
 import enum
 import logging
 import os
+import random
 import selectors
 import signal
 import socket
@@ -32,11 +33,11 @@ import time
 from typing import Deque, Dict, Iterator, List, Optional, Tuple
 
 from udp_reader import handoff, sockets, systemd
-from udp_reader.serve import protocol, statusfile, upgrade
+from udp_reader.serve import privileges, protocol, statusfile, upgrade
 from udp_reader.serve.config import Config
 from udp_reader.serve.listeners import Listener
 from udp_reader.serve.pidfile import PidFile
-from udp_reader.serve.workers import State, WorkerProcess, exit_reason, spawn
+from udp_reader.serve.workers import NEVER, State, WorkerProcess, exit_reason, spawn
 
 log = logging.getLogger("udp_reader")
 
@@ -45,7 +46,6 @@ HANDOVER_WAIT = 1.0     # longest a ready worker waits for its predecessor to le
 KILL_GRACE = 2.0        # past --graceful-timeout before a leaving worker is killed
 FAST_STOP = 5.0         # longest a fast stop waits before it kills
 MAX_BACKOFF = 30.0      # between attempts to start a worker for a slot without one
-NEVER = float("inf")
 
 SIGNALS: Dict[int, str] = {
     signal.SIGHUP: "reload",
@@ -139,9 +139,12 @@ class Arbiter:
                     raise StartError(f"cannot write pid file {c.pid_file}: {e.strerror}") from None
             if c.handoff_dir:
                 self.handoff_path = handoff.private_path(c.handoff_dir)
+            self.credentials = privileges.resolve(c.user, c.group)
             self._open_listeners()
         except OSError as e:
             raise StartError(_text(e)) from None
+        except ValueError as e:
+            raise StartError(str(e)) from None
         read_end, write_end = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._wakeup = (read_end, write_end)
         self.selector.register(read_end, selectors.EVENT_READ, "wakeup")
@@ -331,6 +334,7 @@ class Arbiter:
         config = {"handler": c.handler, "batches": c.batches, "grace": c.grace,
                   "graceful_timeout": c.graceful_timeout,
                   "reader": dict(c.reader.as_kwargs(), rcvbuf=None),
+                  "credentials": self.credentials,
                   "log_level": logging.getLogger().getEffectiveLevel()}
         try:
             worker = spawn(slot.listener.sock.fileno(), slot.index, self.generation, config,
@@ -338,6 +342,8 @@ class Arbiter:
         except OSError as e:
             self._start_failed(slot, f"cannot start a worker: {e.strerror or e}")
             return
+        if c.max_packets is not None:
+            worker.recycle_at = c.max_packets + random.randint(0, c.max_packets_jitter)
         self.workers[worker.pid] = worker
         self.selector.register(worker.status_fd, selectors.EVENT_READ, worker)
         slot.successor = worker
@@ -544,6 +550,8 @@ class Arbiter:
 
     def _check_deadlines(self, now: float) -> None:
         for worker in list(self.workers.values()):
+            if worker.state is State.SERVING:
+                self._check_serving(worker, now)
             if now < worker.deadline:
                 continue
             if worker.state is State.STARTING:
@@ -557,6 +565,23 @@ class Arbiter:
             elif worker.state is State.KILLED:
                 worker.kill()
                 worker.deadline = NEVER
+
+    def _check_serving(self, worker: WorkerProcess, now: float) -> None:
+        """--timeout: a handler call that does not return, or a worker that
+        stopped talking (its link thread starved); --max-packets."""
+        timeout = self.config.timeout
+        if timeout is not None:
+            busy = worker.stats.get("busy_for", 0)
+            silent = now - worker.last_heard - protocol.STATS_INTERVAL
+            if busy > timeout or silent > timeout:
+                log.error("%r: its handler has not returned for %.0f s (--timeout %g); "
+                          "its stack follows, then SIGKILL", worker, max(busy, silent), timeout)
+                worker.dump_and_kill(now)
+                return
+        if worker.generation >= 0 and worker.stats.get("delivered", 0) >= worker.recycle_at:
+            log.info("%r handled %d packets (--max-packets); replacing it", worker,
+                     worker.stats["delivered"])
+            worker.generation = -1  # stale: its slot passes to a new worker
 
     def _leave_limit(self) -> float:
         if self.fast:

@@ -37,6 +37,11 @@ class Config:
     pid_file: Optional[str] = None
     handoff_dir: Optional[str] = None   # offer the sockets to another master here
     takeover_dir: Optional[str] = None  # take the sockets of a running master
+    user: Optional[str] = None          # workers run as (name or id)
+    group: Optional[str] = None
+    timeout: Optional[float] = None     # a handler call longer than this kills its worker
+    max_packets: Optional[int] = None   # a worker is replaced after about this many
+    max_packets_jitter: int = 0
 
     def __post_init__(self) -> None:
         if self.workers < 1:
@@ -44,9 +49,14 @@ class Config:
         if self.grace < 0:
             raise ValueError(f"--grace must be 0 or more, not {self.grace:g}")
         for flag, value in (("--graceful-timeout", self.graceful_timeout),
-                            ("--start-timeout", self.start_timeout)):
-            if not value > 0:
+                            ("--start-timeout", self.start_timeout), ("--timeout", self.timeout)):
+            if value is not None and not value > 0:
                 raise ValueError(f"{flag} must be positive, not {value:g}")
+        if self.max_packets is not None and self.max_packets < 1:
+            raise ValueError(f"--max-packets must be at least 1, not {self.max_packets}")
+        if self.max_packets_jitter < 0:
+            raise ValueError(f"--max-packets-jitter must be 0 or more, "
+                             f"not {self.max_packets_jitter}")
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "Config":
@@ -54,7 +64,9 @@ class Config:
                    reader=ReaderOptions.from_args(args), workers=args.workers,
                    shared=args.shared, batches=args.batches, grace=args.grace,
                    graceful_timeout=args.graceful_timeout, start_timeout=args.start_timeout,
-                   pid_file=args.pid_file, handoff_dir=args.handoff, takeover_dir=args.takeover)
+                   pid_file=args.pid_file, handoff_dir=args.handoff, takeover_dir=args.takeover,
+                   user=args.user, group=args.group, timeout=args.timeout,
+                   max_packets=args.max_packets, max_packets_jitter=args.max_packets_jitter)
 
 
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(Config)}
@@ -83,6 +95,18 @@ def add_parser(sub: "argparse._SubParsersAction") -> argparse.ArgumentParser:
                        ("start_timeout", "longest a new worker may take to be ready")):
         serve.add_argument("--" + name.replace("_", "-"), type=float, default=_DEFAULTS[name],
                            metavar="S", help=f"{what}, seconds (default %(default)s)")
+    serve.add_argument("--timeout", type=float, metavar="S",
+                       help="a worker whose handler has not returned for S seconds is "
+                            "killed (its stack logged) and replaced on the same socket")
+    serve.add_argument("--max-packets", type=int, metavar="N",
+                       help="replace a worker, without loss, after it handled about N packets")
+    serve.add_argument("--max-packets-jitter", type=int, default=0, metavar="J",
+                       help="add up to J to each worker's --max-packets, so they do not "
+                            "all restart at once (default 0)")
+    serve.add_argument("--user", metavar="USER",
+                       help="run the workers as USER (name or id); the master stays root")
+    serve.add_argument("--group", metavar="GROUP",
+                       help="run the workers with GROUP (default: USER's group)")
     serve.add_argument("--pid-file", metavar="FILE",
                        help="write the master's pid here once it serves")
     serve.add_argument("--handoff", metavar="DIR",

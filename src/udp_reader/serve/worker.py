@@ -30,7 +30,7 @@ import time
 from typing import Any, Callable, Optional, Tuple
 
 from udp_reader import Reader, sockets
-from udp_reader.serve import protocol
+from udp_reader.serve import privileges, protocol
 
 log = logging.getLogger("udp_reader")
 
@@ -111,6 +111,8 @@ class Worker:
         self._commanded = threading.Event()
         self.errors = RateLimitedLog()
         self.reader: Optional[Reader] = None
+        self._busy_since: Optional[float] = None
+        self._last_delivered = -1
 
     def report(self, **message: Any) -> None:
         with self._status_lock:
@@ -118,6 +120,21 @@ class Worker:
                 self._status.write(protocol.encode(**message))
             except OSError:
                 pass  # the master is gone; nothing to tell
+
+    def _busy_for(self) -> float:
+        """How long the handler's current call has lasted, to a second: the
+        main thread is in a frame below _serve (not waiting in the reader)
+        and no packet was handed over since the last look."""
+        assert self.reader is not None
+        frame = sys._current_frames().get(threading.main_thread().ident or 0)
+        delivered = self.reader.stats.delivered
+        waiting = frame is None or frame.f_code is Worker._serve.__code__
+        if waiting or delivered != self._last_delivered or self.command != protocol.GO:
+            self._busy_since = None
+        elif self._busy_since is None:
+            self._busy_since = time.monotonic()
+        self._last_delivered = delivered
+        return 0.0 if self._busy_since is None else time.monotonic() - self._busy_since
 
     def stats(self) -> dict:
         assert self.reader is not None
@@ -142,7 +159,7 @@ class Worker:
         while True:
             readable, _, _ = select.select([0], [], [], protocol.STATS_INTERVAL)
             if not readable:
-                self.report(stats=self.stats())
+                self.report(stats=dict(self.stats(), busy_for=self._busy_for()))
                 continue
             chunk = os.read(0, 4096)
             if not chunk:
@@ -164,6 +181,8 @@ class Worker:
             # Batch columns are numpy arrays: import it before saying ready,
             # not on the first batch.
             import numpy  # noqa: F401
+        if config["credentials"]:
+            privileges.drop(privileges.Credentials(*config["credentials"]))
         try:
             handler, start, stop = load_handler(config["handler"])
             if start is not None:

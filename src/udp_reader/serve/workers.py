@@ -16,6 +16,7 @@ from typing import Any, Dict, Optional
 from udp_reader.serve import protocol
 
 log = logging.getLogger("udp_reader")
+NEVER = float("inf")
 
 
 class State(enum.Enum):
@@ -42,6 +43,8 @@ class WorkerProcess:
         self.released = False
         self.reads = False
         self.started = time.time()
+        self.last_heard = time.monotonic()
+        self.recycle_at = NEVER   # --max-packets
         self._pending = b""
 
     def tell(self, command: str, state: State, deadline: float) -> None:
@@ -63,6 +66,7 @@ class WorkerProcess:
             return False
         if not chunk:
             return False
+        self.last_heard = time.monotonic()
         lines, self._pending = protocol.split_lines(self._pending, chunk)
         for line in lines:
             message = protocol.decode(line)
