@@ -63,11 +63,13 @@ class Sender(threading.Thread):
     port n % FLOWS, until stopped, `limit` numbers, or `max_seconds`."""
 
     def __init__(self, rate: int, size: int = 64, limit: int = 10**9,
-                 max_seconds: float = DEADLINE):
+                 max_seconds: float = DEADLINE, flows: int = FLOWS, first: int = 0,
+                 cpu: int | None = None):
         super().__init__(daemon=True)
         self.rate, self.size, self.limit = rate, size, limit
         self.max_seconds = max_seconds
-        self.socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(FLOWS)]
+        self.socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(flows)]
+        self.first, self.cpu = first, cpu
         self.sent = 0
         self.elapsed = 0.0
         self.halt = threading.Event()
@@ -78,16 +80,19 @@ class Sender(threading.Thread):
         self.sent = 1
 
     def run(self) -> None:
+        if self.cpu is not None:  # this thread only: the kernel receives on its CPU
+            os.sched_setaffinity(0, {self.cpu})
         pad = bytes(self.size - 8)
         start = time.monotonic()
+        flows = len(self.socks)
         while not self.halt.is_set() and self.sent < self.limit:
             elapsed = time.monotonic() - start
             if elapsed > self.max_seconds:
                 break
             due = min(int(elapsed * self.rate) + 1, self.limit)
             while self.sent < due:
-                self.socks[self.sent % FLOWS].sendto(self.sent.to_bytes(8, "little") + pad,
-                                                     ADDRESS)
+                number = self.first + self.sent
+                self.socks[number % flows].sendto(number.to_bytes(8, "little") + pad, ADDRESS)
                 self.sent += 1
             time.sleep(0.0005)
         self.elapsed = time.monotonic() - start
@@ -491,6 +496,30 @@ def scenario(name: str, h: Harness, restarts: int, seconds: float, every: float)
         time.sleep(0.3)
         facts["worker_uids"] = sorted({os.stat(p).st_uid for p in
                                        glob.glob(os.path.join(h.dir, "*.seq"))})
+    elif name.startswith("steer_"):
+        # One source flow: where do its datagrams go with --steer MODE?
+        mode = name[len("steer_"):]
+        master = h.serve("--workers", "2", "--steer", mode)
+        h.notify.ready()
+        phases = [(0, 2)] if mode == "hash" else [(0, 2), (1, 2)] if mode == "cpu" else [(0, 2), (0, 3)]
+        shares, first = [], 0
+        for cpu, workers in phases:
+            if workers == 3:
+                master.send_signal(signal.SIGTTIN)
+                h.notify.status("3 workers")
+            sender = Sender(20_000, limit=6000, flows=1, first=first,
+                            cpu=cpu if mode == "cpu" else None)
+            sender.start()
+            sender.join()
+            time.sleep(0.5)
+            numbers = {slot: n[(n >= first) & (n < first + 6000)] for slot, _, n in h.records()}
+            counts: dict = {}
+            for slot, n in numbers.items():
+                counts[slot] = counts.get(slot, 0) + int(n.size)
+            shares.append({slot: round(c / 6000, 3) for slot, c in sorted(counts.items()) if c})
+            first += 6000
+        h.sender.sent = first  # for the totals below
+        facts["shares"] = shares
     elif name == "stuck":
         # A handler hangs for good on one number; HUP must still move its
         # slot on, and the stuck worker is killed with its stack logged.

@@ -10,6 +10,7 @@ worker held (the bound the master reports), and the namespace's Udp
 counters NoPorts, RcvbufErrors and InErrors must not move.
 """
 
+import os
 import shutil
 import subprocess
 
@@ -196,6 +197,27 @@ def test_port_514_served_by_workers_running_as_nobody():
     assert r["worker_uids"] == [65534]
     assert r["old_master_exits"] == [0]
     assert_exact(r)
+
+
+def test_one_flow_stays_whole_with_hash_steering():
+    r = run_scenario("steer_hash")
+    assert_exact(r)
+    assert list(r["shares"][0].values()) == [1.0]
+
+
+def test_spread_steering_deals_one_flow_over_every_worker_and_follows_ttin():
+    r = run_scenario("steer_spread")
+    assert_exact(r)
+    two, three = r["shares"]
+    assert len(two) == 2 and all(0.4 < share < 0.6 for share in two.values()), two
+    assert len(three) == 3 and all(0.25 < share < 0.42 for share in three.values()), three
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs")
+def test_cpu_steering_gives_each_cpu_its_worker():
+    r = run_scenario("steer_cpu")
+    assert_exact(r)
+    assert r["shares"] == [{"0": 1.0}, {"1": 1.0}]
 
 
 def test_stuck_handler_does_not_stop_a_rolling_restart():

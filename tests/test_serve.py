@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -103,6 +104,24 @@ def test_handler_exception_is_logged_and_the_worker_carries_on(record_dir):
     assert 1 <= len(errors) < 10  # rate-limited
 
 
+def test_every_handler_error_is_counted_in_the_log_by_the_stop(record_dir):
+    # The log is rate-limited, but the errors of the last second before
+    # TERM are told too: reported lines plus "N more" add up to all.
+    server = Server("flaky:on_packet", record_dir=record_dir)
+    server.wait_for("serving")
+    send(("127.0.0.1", server.port), [b"boom"] * 150)
+    assert server.stop() == 0
+    reported = 0
+    for line in server.lines:
+        if "handler raised ValueError: boom" in line:
+            more = re.search(r"\((\d+) more since the last report\)", line)
+            reported += 1 + (int(more.group(1)) if more else 0)
+        elif more := re.search(r"handler raised (\d+) more exception\(s\) since the last report",
+                               line):
+            reported += int(more.group(1))
+    assert reported == 150, server.lines
+
+
 def test_failed_restart_is_a_rollback(record_dir):
     module = os.path.join(record_dir, "swappable.py")
     with open(module, "w") as f:
@@ -172,6 +191,8 @@ def test_unwritable_pid_file_is_a_clear_error(record_dir):
     (["--max-packets", "-1"], "--max-packets must be at least 1"),
     (["--max-packets", "5", "--max-packets-jitter", "-1"], "--max-packets-jitter must be 0"),
     (["--user", "no-such-user-here"], "--user: no user 'no-such-user-here'"),
+    (["--steer", "spread", "--shared"], "needs a socket per worker, not --shared"),
+    (["--steer", "cpu", "--workers", str(len(os.sched_getaffinity(0)) + 1)], "CPU(s)"),
     (["--user", "nobody", "--group", "no-such-group-here"], "--group: no group"),
     (["--rcvbuf", "-1"], "--rcvbuf must be a positive int"),
     (["--shared", "--takeover", "/proc/no/such/dir"], "No such file or directory"),

@@ -33,7 +33,7 @@ import time
 from typing import Deque, Dict, Iterator, List, Optional, Tuple
 
 from udp_reader import handoff, sockets, systemd
-from udp_reader.serve import privileges, protocol, statusfile, upgrade
+from udp_reader.serve import privileges, protocol, statusfile, steering, upgrade
 from udp_reader.serve.config import Config
 from udp_reader.serve.listeners import Listener
 from udp_reader.serve.pidfile import PidFile
@@ -119,6 +119,8 @@ class Arbiter:
         self.kernel_drops = 0
         self.next_watch = 0.0
         self.status = ""
+        self.cpus = sorted(os.sched_getaffinity(0))
+        self.steered_for = 0
 
     # -- set-up and the loop ---------------------------------------------------------
 
@@ -177,6 +179,9 @@ class Arbiter:
                 sockets.set_rcvbuf(h.sock, c.reader.rcvbuf, at_least=True)
         self.port = handed[0].sock.getsockname()[1]
         if self.shared or handed[0].slot is None or any(h.external for h in handed):
+            if c.steer != "hash":
+                raise StartError(f"--steer {c.steer} needs a socket per worker; "
+                                 "these workers share the one passed")
             self.shared = True
             first = Listener(handed[0].sock, external=handed[0].external)
             if len(handed) > 1:
@@ -258,7 +263,11 @@ class Arbiter:
         self._begin_stop(fast=True)
 
     def on_more(self) -> None:
-        if self.phase is not Phase.STOPPING:
+        if self.phase is Phase.STOPPING:
+            return
+        if self.config.steer == "cpu" and self.target >= len(self.cpus):
+            log.warning("TTIN ignored: --steer cpu runs one worker per CPU (%d)", len(self.cpus))
+        else:
             self.target += 1
 
     def on_fewer(self) -> None:
@@ -294,6 +303,7 @@ class Arbiter:
             self._resize()
         for slot in self.slots + self.drains:
             self._advance_slot(slot, now)
+        self._steer()
         if self.phase is not Phase.RUNNING:
             return
         if not self.announced and all(s.worker is not None for s in self.slots):
@@ -335,6 +345,7 @@ class Arbiter:
                   "graceful_timeout": c.graceful_timeout,
                   "reader": dict(c.reader.as_kwargs(), rcvbuf=None),
                   "credentials": self.credentials,
+                  "cpu": self._cpu(slot) if c.steer == "cpu" else None,
                   "log_level": logging.getLogger().getEffectiveLevel()}
         try:
             worker = spawn(slot.listener.sock.fileno(), slot.index, self.generation, config,
@@ -356,6 +367,8 @@ class Arbiter:
         assert new is not None
         if slot.listener.unbound is not None:
             try:
+                if self.config.steer == "cpu":
+                    steering.prefer_cpu(slot.listener.sock, self._cpu(slot))
                 self.port = slot.listener.bind(self.port)
             except OSError as e:
                 self._forget_successor(slot)
@@ -449,6 +462,21 @@ class Arbiter:
                     slot.listener.close(discard=False)
             else:
                 self._to_drains(slot)
+
+    def _cpu(self, slot: Slot) -> int:
+        return self.cpus[slot.index % len(self.cpus)]
+
+    def _steer(self) -> None:
+        """--steer spread: the group's program deals over every socket in
+        it (shed ones included until closed: the kernel passes a datagram
+        the program gives a shed socket on to the others)."""
+        if self.config.steer != "spread":
+            return
+        group = [listener for _, listener in self._listeners() if listener.unbound is None]
+        if group and len(group) != self.steered_for:
+            steering.spread(group[0].sock, len(group))
+            self.steered_for = len(group)
+            log.info("datagrams dealt at random over %d socket(s)", len(group))
 
     def _add_missing_slots(self) -> None:
         used = {s.index for s in self.slots}

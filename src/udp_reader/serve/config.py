@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 from typing import Optional, Sequence
 
 from udp_reader.options import ReaderOptions
+from udp_reader.serve import steering
 
 SIGNALS_HELP = """signals to the master:
   HUP         rolling restart: each slot's socket passes to a new worker
@@ -42,6 +44,7 @@ class Config:
     timeout: Optional[float] = None     # a handler call longer than this kills its worker
     max_packets: Optional[int] = None   # a worker is replaced after about this many
     max_packets_jitter: int = 0
+    steer: str = "hash"                 # see steering.py
 
     def __post_init__(self) -> None:
         if self.workers < 1:
@@ -54,6 +57,13 @@ class Config:
                 raise ValueError(f"{flag} must be positive, not {value:g}")
         if self.max_packets is not None and self.max_packets < 1:
             raise ValueError(f"--max-packets must be at least 1, not {self.max_packets}")
+        if self.steer not in steering.MODES:
+            raise ValueError(f"--steer must be one of {', '.join(steering.MODES)}")
+        if self.steer != "hash" and self.shared:
+            raise ValueError(f"--steer {self.steer} needs a socket per worker, not --shared")
+        cpus = len(os.sched_getaffinity(0))
+        if self.steer == "cpu" and self.workers > cpus:
+            raise ValueError(f"--steer cpu: {self.workers} workers but {cpus} CPU(s)")
         if self.max_packets_jitter < 0:
             raise ValueError(f"--max-packets-jitter must be 0 or more, "
                              f"not {self.max_packets_jitter}")
@@ -66,7 +76,8 @@ class Config:
                    graceful_timeout=args.graceful_timeout, start_timeout=args.start_timeout,
                    pid_file=args.pid_file, handoff_dir=args.handoff, takeover_dir=args.takeover,
                    user=args.user, group=args.group, timeout=args.timeout,
-                   max_packets=args.max_packets, max_packets_jitter=args.max_packets_jitter)
+                   max_packets=args.max_packets, max_packets_jitter=args.max_packets_jitter,
+                   steer=args.steer)
 
 
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(Config)}
@@ -103,6 +114,11 @@ def add_parser(sub: "argparse._SubParsersAction") -> argparse.ArgumentParser:
     serve.add_argument("--max-packets-jitter", type=int, default=0, metavar="J",
                        help="add up to J to each worker's --max-packets, so they do not "
                             "all restart at once (default 0)")
+    serve.add_argument("--steer", choices=steering.MODES, default=_DEFAULTS["steer"],
+                       help="which worker gets a datagram: hash keeps each flow on one "
+                            "worker; spread deals datagrams at random (for few busy "
+                            "sources); cpu prefers the worker pinned to the receiving CPU "
+                            "(default %(default)s)")
     serve.add_argument("--user", metavar="USER",
                        help="run the workers as USER (name or id); the master stays root")
     serve.add_argument("--group", metavar="GROUP",

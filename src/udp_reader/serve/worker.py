@@ -181,6 +181,8 @@ class Worker:
             # Batch columns are numpy arrays: import it before saying ready,
             # not on the first batch.
             import numpy  # noqa: F401
+        if config["cpu"] is not None:  # --steer cpu: its socket prefers this CPU's datagrams
+            os.sched_setaffinity(0, {config["cpu"]})
         if config["credentials"]:
             privileges.drop(privileges.Credentials(*config["credentials"]))
         try:
