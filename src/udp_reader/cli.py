@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import signal
 import sys
 import threading
-from typing import Optional, Sequence
+from typing import NoReturn, Optional, Sequence
 
 from udp_reader import Reader, __version__, sockets
 from udp_reader.options import MAX_PAYLOAD, ReaderOptions
@@ -19,10 +20,19 @@ from udp_reader.status import StatusLine
 log = logging.getLogger("udp_reader")
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+MIN_STATUS_INTERVAL = 0.1  # seconds; faster is a flood, not a status
 
 
 class UsageError(Exception):
     """A wrong input: one line to stderr, exit 2."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a wrong command line is one line like every other
+    wrong input (not the usage block), pointing to --help."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"udp-reader: error: {message}; see {self.prog} --help\n")
 
 
 def describe(error: BaseException) -> str:
@@ -63,11 +73,19 @@ def cmd_listen(args: argparse.Namespace) -> int:
     from udp_reader.formats import FORMATS, Pcap
 
     _check_limits(args)
-    fmt = args.format or ("none" if args.write else "summary")
+    if args.status_interval is not None and args.status_interval != 0 \
+            and not args.status_interval >= MIN_STATUS_INTERVAL:
+        raise UsageError(f"--status-interval must be 0 (off) or at least "
+                         f"{MIN_STATUS_INTERVAL} s, not {args.status_interval:g}")
+    if args.top and args.format:
+        raise UsageError("--top shows a table, not packets: leave out --format")
+    fmt = args.format or ("none" if args.write or args.top else "summary")
     pcap_file = _open_output(args.write) if args.write else None
     reader = None
+    # With --count, never take more in one receive than is still wanted.
+    fields = {"batch_size": min(args.batch_size, args.count)} if args.count else {}
     try:
-        reader = _open_reader(args, timestamps=True)
+        reader = _open_reader(args, timestamps=True, **fields)
         port = reader.address[1]
         writers = [] if fmt == "none" else [FORMATS[fmt](sys.stdout.buffer, port)]
         if pcap_file is not None:
@@ -83,30 +101,46 @@ def cmd_listen(args: argparse.Namespace) -> int:
 def _listen(args: argparse.Namespace, reader: Reader, writers: list) -> int:
     signal.signal(signal.SIGTERM, lambda *_: reader.stop())
     left = args.count
+    unshown = 0  # delivered past --count: taken from the kernel, not shown
+    host, port = reader.address
+    where = sockets.format_address(host, port)
+    status = StatusLine(lambda: reader.stats, 0 if args.top else args.status_interval)
+    if args.top:
+        from udp_reader.top import TopView  # numpy: only when asked for
+    top = TopView(lambda: reader.stats, f"udp-reader listen {where}", port,
+                  args.status_interval) if args.top else None
+    # Packet lines and the status line share the terminal: each batch's
+    # lines go out with the status line cleared, and it comes back below.
+    aside = status.aside if writers and sys.stdout.isatty() else contextlib.nullcontext
 
     def on_batch(batch) -> None:
-        nonlocal left
+        nonlocal left, unshown
+        if left == 0:  # a receive after the stop
+            unshown += len(batch)
+            return
+        if top is not None:
+            top.add(batch, left)
         if not writers and left is None:
             return  # counting only: the reader's stats do it
-        for packet in batch:
+        with aside():
+            for i, packet in enumerate(batch):
+                for writer in writers:
+                    writer.write(packet)
+                if left is not None:
+                    left -= 1
+                    if not left:
+                        reader.stop()  # the rest stays unshown: exactly N
+                        unshown = len(batch) - i - 1
+                        break
             for writer in writers:
-                writer.write(packet)
-            if left is not None:
-                left -= 1
-                if not left:
-                    reader.stop()  # the rest stays undelivered: exactly N
-                    break
-        for writer in writers:
-            writer.flush()
+                writer.flush()
 
-    host, port = reader.address
-    log.info("listening on %s", sockets.format_address(host, port))
+    log.info("listening on %s", where)
     if args.duration:
         timer = threading.Timer(args.duration, reader.stop)
         timer.daemon = True
         timer.start()
-    status = StatusLine(lambda: reader.stats, args.status_interval)
-    with status:
+    with status, (top or contextlib.nullcontext()):
         try:
             reader.run_batches(on_batch)
         except KeyboardInterrupt:
@@ -117,7 +151,7 @@ def _listen(args: argparse.Namespace, reader: Reader, writers: list) -> int:
             return EXIT_OK
     for writer in writers:
         writer.close()
-    print(status.summary(reader.stats), file=sys.stderr)
+    print(status.summary(reader.stats, unshown), file=sys.stderr)
     return EXIT_OK
 
 
@@ -127,13 +161,15 @@ def cmd_send(args: argparse.Namespace) -> int:
     if args.rate < 0:
         raise UsageError(f"--rate must be 0 or more, not {args.rate}")
     _check_limits(args)
-    if args.count is None and args.duration is None:
-        log.info("sending until Ctrl-C (give --count or --duration to stop by itself)")
+    if args.payload.startswith("@") and args.size is not None:
+        raise UsageError("--size does not go with --payload @FILE: the file's length is the size")
     try:
-        generator = LoadGenerator(args.address, sizes=parse_sizes(args.size),
+        generator = LoadGenerator(args.address, sizes=parse_sizes(args.size or "64"),
                                   payload=args.payload, flows=args.flows, gso=args.gso)
     except (ValueError, OSError) as e:
         raise UsageError(describe(e)) from None
+    if args.count is None and args.duration is None:
+        log.info("sending until Ctrl-C (give --count or --duration to stop by itself)")
     try:
         report = generator.run(rate=args.rate, count=args.count, duration=args.duration)
     finally:
@@ -183,7 +219,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="udp-reader",
         description="Read UDP datagrams at kernel speed.",
         epilog="examples:\n  udp-reader listen :9000\n"
@@ -204,6 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="examples:\n"
                "  udp-reader listen :9000\n"
                "  udp-reader listen 127.0.0.1:9000 --format jsonl --count 100\n"
+               "  udp-reader listen :514 --top\n"
                "  udp-reader listen [::]:514 --write syslog.pcap --duration 60")
     listen.add_argument("address", metavar="ADDRESS",
                         help="host:port, :port (all addresses) or [v6]:port")
@@ -213,7 +250,11 @@ def build_parser() -> argparse.ArgumentParser:
     listen.add_argument("--count", type=int, metavar="N", help="stop after N packets")
     listen.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
     listen.add_argument("--status-interval", type=float, default=None, metavar="S",
-                        help="seconds between status lines (default 1 on a terminal, 10 otherwise)")
+                        help="seconds between status lines (default 1 on a terminal, "
+                             "10 otherwise; 0: no status) or --top redraws (default 1)")
+    listen.add_argument("--top", action="store_true",
+                        help="instead of packets, a live table: top sources and "
+                             "destinations, sizes, rates, drops")
     _add_reader_options(listen)
     listen.add_argument("--no-reuseport", dest="reuseport", action="store_false",
                         help="refuse to share the port (SO_REUSEPORT off)")
@@ -231,8 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="datagrams per second; 0 is as fast as possible (default)")
     send.add_argument("--count", type=int, metavar="N", help="stop after N datagrams")
     send.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
-    send.add_argument("--size", default="64", metavar="N|MIN-MAX",
-                      help="payload bytes (default 64)")
+    send.add_argument("--size", metavar="N|MIN-MAX",
+                      help="payload bytes (default 64; an @FILE payload is its own size)")
     send.add_argument("--flows", type=int, default=1, metavar="K",
                       help="distinct source ports, so SO_REUSEPORT spreads them (default 1)")
     send.add_argument("--payload", default="seq", metavar="seq|random|@FILE",

@@ -21,6 +21,7 @@ BATCH = 64
 SEQ_BYTES = 8
 GSO_SEGMENTS = 64  # datagrams per GSO message; every kernel with UDP_SEGMENT takes 64
 PAYLOAD_KINDS = ("seq", "random")
+RANDOM_POOL = 4 << 20  # random bytes that random payloads are cut from
 
 
 @dataclasses.dataclass
@@ -119,8 +120,22 @@ class LoadGenerator:
             if contents is not None:
                 for i in range(BATCH):
                     view[i * sender.slot:(i + 1) * sender.slot] = contents
-            elif payload == "random":
-                view[:] = os.urandom(len(view))
+        # Random payloads are cut afresh for every send from a pool, at an
+        # offset that moves on: a paced send of one or two datagrams would
+        # otherwise repeat the first slots' bytes.
+        self.pool: Optional[memoryview] = None
+        self._pool_at = 0
+        if payload == "random":
+            self.pool = memoryview(os.urandom(max(RANDOM_POOL, 2 * BATCH * slot)))
+
+    def _refill(self, sender: BatchSender, datagrams: int) -> None:
+        """Fresh random bytes in the slots the next send uses."""
+        assert self.pool is not None
+        size = datagrams * sender.slot
+        if self._pool_at + size > len(self.pool):
+            self._pool_at = (self._pool_at + 1) % sender.slot  # a new phase, not a replay
+        memoryview(sender)[:size] = self.pool[self._pool_at:self._pool_at + size]
+        self._pool_at += size + 1
 
     def _lengths(self, datagrams: int, cursor: int) -> List[int]:
         """Message lengths that carry `datagrams` datagrams."""
@@ -156,6 +171,8 @@ class LoadGenerator:
                 if cursor + n > len(self.lengths):
                     cursor = 0
                 lengths = self._lengths(n, cursor)
+                if self.pool is not None:
+                    self._refill(flows[flow][1], len(lengths))
                 try:
                     done = flows[flow][1].send(lengths, self.seq, sent, self.segment)
                 except ConnectionRefusedError:

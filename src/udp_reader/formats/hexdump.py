@@ -7,9 +7,19 @@ from udp_reader.formats.summary import Summary
 
 
 def hexdump(data: bytes) -> str:
+    """What `hexdump -C` prints: nothing for no data, and a row equal to
+    the one before shown once as "*"."""
+    if not data:
+        return ""
     lines = []
+    previous = None
     for offset in range(0, len(data), 16):
         row = data[offset:offset + 16]
+        if row == previous and len(row) == 16:
+            if lines[-1] != "*\n":
+                lines.append("*\n")
+            continue
+        previous = row
         left, right = row[:8].hex(" "), row[8:].hex(" ")
         text = "".join(chr(b) if 32 <= b < 127 else "." for b in row)
         lines.append(f"{offset:08x}  {left:<23}  {right:<23}  |{text}|\n")

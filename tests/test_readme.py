@@ -1,0 +1,33 @@
+"""README's command synopses name every option the command takes."""
+
+from __future__ import annotations
+
+import os
+import re
+
+import pytest
+
+from udp_reader.cli import build_parser
+
+README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
+
+
+def synopsis(command: str) -> set[str]:
+    """The options in the first code block under '### udp-reader COMMAND'."""
+    with open(README) as f:
+        text = f.read()
+    section = text.split(f"### udp-reader {command}\n", 1)[1]
+    block = re.search(r"```\n(.*?)```", section, flags=re.S).group(1)
+    return set(re.findall(r"--[a-z][a-z-]*", block))
+
+
+def options(command: str) -> set[str]:
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command").choices[command]
+    return {o for a in sub._actions for o in a.option_strings
+            if o.startswith("--") and o != "--help"}
+
+
+@pytest.mark.parametrize("command", ["listen", "send", "bench"])
+def test_synopsis_names_every_option(command):
+    assert synopsis(command) == options(command)
