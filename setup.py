@@ -1,14 +1,15 @@
-"""Builds the compiled core: the C receive engine and send path in csrc/ and
-their Cython bridges."""
+"""Builds the compiled core: the C receive engine, reply path and load
+generator in csrc/ and their Cython bridges."""
 
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
 core = Extension(
     "udp_reader._core",
-    sources=["src/udp_reader/_core.pyx", "csrc/engine.c"],
+    sources=["src/udp_reader/_core.pyx", "csrc/engine.c", "csrc/replies.c"],
     include_dirs=["csrc"],
-    depends=["csrc/engine.h", "src/udp_reader/engine.pxd"],
+    depends=["csrc/engine.h", "src/udp_reader/engine.pxd", "csrc/replies.h",
+             "src/udp_reader/replies.pxd"],
     extra_compile_args=["-O3", "-Wall", "-Wno-unused-function"],
 )
 

@@ -272,5 +272,7 @@ int ur_wait(int fd, int wake_fd, int timeout_ms)
     int r = poll(p, wake_fd >= 0 ? 2 : 1, timeout_ms);
     if (r < 0)
         return -errno;
-    return (p[0].revents & (POLLIN | POLLERR)) ? 1 : 0;
+    if (p[0].revents & POLLIN)
+        return 1;
+    return (p[0].revents & POLLERR) ? 2 : 0;
 }

@@ -80,7 +80,8 @@ int ur_engine_feed(ur_engine *e, const unsigned char *control,
                    ur_counters *c);
 
 /* Block until `fd` is readable or `wake_fd` is signalled, at most
- * timeout_ms.  Returns 1 when fd is readable, 0 otherwise, or -errno. */
+ * timeout_ms.  Returns 1 when fd is readable, 2 when only its error queue
+ * (or a pending error) is, 0 otherwise, or -errno. */
 int ur_wait(int fd, int wake_fd, int timeout_ms);
 
 #endif

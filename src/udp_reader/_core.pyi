@@ -1,13 +1,17 @@
 """Type stub for the compiled core (src/udp_reader/_core.pyx)."""
 
 import socket
-from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Tuple
+from typing import (Any, Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional, Tuple,
+                    Union)
 
 import numpy as np
 import numpy.typing as npt
 
 from udp_reader.options import DEFAULT_BATCH, DEFAULT_RCVBUF, MAX_PAYLOAD
 from udp_reader.sockets import Address
+
+# What a payload may be: anything with the buffer protocol.
+Buffer = Union[bytes, bytearray, memoryview, "Packet"]
 
 class Stats(NamedTuple):
     received: int
@@ -20,6 +24,14 @@ class Stats(NamedTuple):
     kernel_drops: int
     batches: int
     bytes: int
+    # Datagrams sent; those refused, plus ICMP errors read back for them.
+    sent: int
+    send_errors: int
+
+class SendFailure(NamedTuple):
+    errno: int
+    datagrams: int
+    mtu: int
 
 class Packet:
     @property
@@ -41,6 +53,7 @@ class Packet:
     def __bytes__(self) -> bytes: ...
     def __len__(self) -> int: ...
     def __buffer__(self, flags: int) -> memoryview: ...
+    def reply(self, data: Buffer) -> None: ...
 
 class Batch:
     def __len__(self) -> int: ...
@@ -63,6 +76,7 @@ class Batch:
     @property
     def payload(self) -> npt.NDArray[np.uint8]: ...
     def payloads(self, width: int) -> npt.NDArray[np.uint8]: ...
+    def reply(self, replies: Iterable[Optional[Buffer]]) -> None: ...
 
 class Reader:
     def __init__(
@@ -99,6 +113,13 @@ class Reader:
     def closed(self) -> bool: ...
     @property
     def stats(self) -> Stats: ...
+    @property
+    def gso(self) -> bool: ...
+    def send(self, data: Buffer, address: Address, *, source: Optional[str] = None,
+             ifindex: Optional[int] = None) -> None: ...
+    def send_many(self, messages: Iterable[Tuple[Buffer, Address]], *,
+                  source: Optional[str] = None, ifindex: Optional[int] = None) -> None: ...
+    def send_failures(self) -> Dict[Tuple[str, int], SendFailure]: ...
     def run(self, on_packet: Callable[[Packet], Any]) -> None: ...
     def run_batches(self, on_batch: Callable[[Batch], Any]) -> None: ...
     def receive_batch(self) -> Optional[Batch]: ...

@@ -10,16 +10,17 @@ the user asks for bytes.
 """
 
 cimport cython
-from cpython.buffer cimport PyBuffer_FillInfo
+from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_FillInfo, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from cpython.exc cimport PyErr_CheckSignals
 from cpython.ref cimport Py_REFCNT
-from libc.errno cimport EAGAIN, EINTR
+from libc.errno cimport EAGAIN, EINTR, EMSGSIZE
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport malloc, free
-from libc.string cimport memset
+from libc.string cimport memcpy, memset
 
 from udp_reader.engine cimport *
+from udp_reader.replies cimport *
 
 import collections
 import logging
@@ -33,6 +34,9 @@ from udp_reader.options import DEFAULT_BATCH, DEFAULT_RCVBUF, MAX_PAYLOAD, Reade
 cdef extern from "<arpa/inet.h>" nogil:
     const char *inet_ntop(int af, const void *src, char *dst, int size)
 
+cdef extern from "Python.h":
+    unsigned long PyThread_get_thread_ident()
+
 cdef extern from "<unistd.h>" nogil:
     ssize_t read(int fd, void *buf, size_t count)
     ssize_t write(int fd, const void *buf, size_t count)
@@ -41,6 +45,9 @@ cdef extern from "<unistd.h>" nogil:
 # Longest a blocking wait lasts before Python gets to run its signal
 # handlers: bounds the delay when a signal lands just before poll().
 cdef int WAIT_SLICE_MS = 250
+# Receives retried in a row when each returns an ICMP error left pending
+# by a datagram we sent.
+cdef int ASYNC_ERROR_TRIES = 16
 # Idle limits for _loop: wait for traffic forever, or only deliver what
 # was already received.
 cdef int FOREVER = -1
@@ -50,7 +57,7 @@ log = logging.getLogger("udp_reader")
 
 Stats = collections.namedtuple("Stats", [
     "received", "delivered", "too_short", "too_long", "ctrunc",
-    "kernel_drops", "batches", "bytes"])
+    "kernel_drops", "batches", "bytes", "sent", "send_errors"])
 Stats.__doc__ = """Counters of a Reader since it was opened.
 
 received = delivered + too_short + too_long + packets still pending
@@ -61,13 +68,351 @@ kernel_drops counts the receive buffers the kernel dropped on a full queue
 since the reader took the socket (SO_RXQ_OVFL): one per datagram, but with
 gro=True a dropped merged receive of up to 64 datagrams of one flow counts
 once (measured: 63,488 datagrams lost, 992 counted). A drop shows once a
-datagram queued after it is received."""
+datagram queued after it is received.
+
+sent counts the datagrams this reader sent (replies, send(), send_many());
+send_errors those the kernel refused, plus the errors (ICMP port or host
+unreachable, message too big) that came back for datagrams already sent."""
 
 
 cdef str _host(int family, const uint8_t *addr):
     cdef char text[64]
     inet_ntop(family, addr, text, sizeof(text))
     return text.decode("ascii")
+
+
+SendFailure = collections.namedtuple("SendFailure", ["errno", "datagrams", "mtu"])
+SendFailure.__doc__ = """Datagrams to one destination that failed: the errno
+of the latest failure, how many failed, and the path MTU the kernel named
+with EMSGSIZE (else 0)."""
+
+cdef enum:
+    # Destinations send_failures() remembers at most: strangers' (spoofed)
+    # sources must not grow memory without bound.
+    MAX_FAILURES = 1024
+    # Error-queue entries read per call, and calls per read_errors().
+    ERRORS_PER_READ = 16
+    ERROR_READS = 64
+    # linux/errqueue.h: an error our own send raised, not an ICMP message.
+    SO_EE_ORIGIN_LOCAL = 1
+    # The reply queue of a run: datagrams and arena bytes it holds before
+    # it is sent early (one maximal datagram always fits).
+    QUEUE_MIN = 64
+    QUEUE_MAX = 1024
+    QUEUE_ARENA_MIN = 256 << 10
+
+
+cdef str _family_name(int family):
+    return "IPv4" if family == socket.AF_INET else "IPv6"
+
+
+cdef tuple _numeric(host, str name):
+    """(family, packed address) of a numeric IP; an IPv4-mapped IPv6
+    address is IPv4."""
+    if not isinstance(host, str):
+        raise TypeError(f"{name} must be an IP address str, not {type(host).__name__}")
+    text = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        return socket.AF_INET, socket.inet_pton(socket.AF_INET, text)
+    except OSError:
+        pass
+    try:
+        packed = socket.inet_pton(socket.AF_INET6, text)
+    except OSError:
+        raise ValueError(f"{name} {host!r} is not a numeric IP address") from None
+    if packed[:12] == b"\0" * 10 + b"\xff\xff":
+        return socket.AF_INET, packed[12:]
+    return socket.AF_INET6, packed
+
+
+cdef int _get_payload(object data, Py_buffer *view, str name) except -1:
+    try:
+        PyObject_GetBuffer(data, view, PyBUF_SIMPLE)
+    except TypeError:
+        raise TypeError(f"{name} must be bytes-like, not {type(data).__name__}") from None
+    return 0
+
+
+cdef inline void _reply_peer(ur_peer *to, const ur_meta *m) noexcept nogil:
+    """Back to the packet's source, from the address and interface it came to."""
+    memset(to, 0, sizeof(ur_peer))
+    memcpy(to.addr, m.src, 16)
+    memcpy(to.local, m.dst, 16)
+    to.ifindex = m.ifindex
+    to.family = m.family
+    to.port = m.src_port
+    to.has_local = 1
+
+
+@cython.final
+cdef class _Sender:
+    """A reader's send side: its socket, the reply queue of the run under
+    way, counters, and the failures read back from the error queue. Every
+    slab points here, so a packet kept after its callback can still answer;
+    closing the reader closes this too.
+
+    Replies made in the thread of a run are queued and sent in sendmmsg
+    calls after each receive's callbacks (or when the queue fills); from
+    anywhere else they are sent at once.
+    """
+    cdef int fd
+    cdef int family
+    cdef bint v6only
+    cdef bint prepared
+    cdef bint can_gso
+    cdef bint warned_gso
+    cdef ur_replies queue
+    cdef bint queue_ready
+    cdef unsigned capacity
+    cdef unsigned long loop_thread
+    cdef ur_send_counters c
+    cdef dict failures
+    cdef dict local_mtus  # host -> path MTU our refused sends were told
+
+    def __cinit__(self):
+        self.fd = -1
+        self.failures = {}
+        self.local_mtus = {}
+
+    def __dealloc__(self):
+        if self.queue_ready:
+            ur_replies_free(&self.queue)
+
+    cdef setup(self, sock, unsigned batch):
+        self.fd = sock.fileno()
+        self.family = sock.family
+        self.v6only = (sock.family == socket.AF_INET6 and
+                       sock.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) != 0)
+        self.capacity = min(max(2 * batch, <unsigned>QUEUE_MIN), <unsigned>QUEUE_MAX)
+
+    cdef int prepare(self) except -1:
+        """Before the first send: errors onto the error queue, GSO probed."""
+        cdef int r
+        if self.fd < 0:
+            raise ValueError("the reader is closed")
+        if self.prepared:
+            return 0
+        r = ur_enable_recverr(self.fd, self.family)
+        if r < 0:
+            raise OSError(-r, f"IP_RECVERR: {os.strerror(-r)}")
+        self.can_gso = ur_probe_gso(self.fd)
+        if not self.can_gso:
+            log.warning("the kernel has no GSO (UDP_SEGMENT); sending one datagram per message")
+        self.prepared = True
+        return 0
+
+    cdef inline bint queueing(self):
+        return self.loop_thread != 0 and self.loop_thread == PyThread_get_thread_ident()
+
+    cdef int check_peer(self, const ur_peer *to, Py_ssize_t size, str name) except -1:
+        cdef Py_ssize_t limit = UR_MAX_PAYLOAD4 if to.family == socket.AF_INET else UR_MAX_PAYLOAD6
+        if self.fd < 0:
+            raise ValueError("the reader is closed")
+        if to.family != socket.AF_INET and to.family != socket.AF_INET6:
+            raise ValueError("the packet has no source address to answer")
+        if size > limit:
+            raise ValueError(f"{name} is {size} bytes, more than an "
+                             f"{_family_name(to.family)} datagram holds ({limit})")
+        return 0
+
+    cdef int reply(self, const ur_peer *to, object data, str name,
+                   bint now=False) except -1:
+        """Queue one datagram (in the run's thread) or send it now."""
+        cdef Py_buffer view
+        _get_payload(data, &view, name)
+        try:
+            self.check_peer(to, view.len, name)
+            if not self.prepared:
+                self.prepare()
+            if self.queueing() and not now:
+                self.enqueue(to, <const unsigned char *>view.buf, <uint32_t>view.len)
+            else:
+                self.send_now(to, <const unsigned char *>view.buf, view.len)
+        finally:
+            PyBuffer_Release(&view)
+        return 0
+
+    cdef int enqueue(self, const ur_peer *to, const unsigned char *data,
+                     uint32_t length) except -1:
+        if not self.queue_ready:
+            if ur_replies_init(&self.queue, self.family, self.capacity,
+                               max(<size_t>self.capacity * 2048, <size_t>QUEUE_ARENA_MIN),
+                               self.can_gso) < 0:
+                raise MemoryError()
+            self.queue_ready = True
+        if not ur_replies_room(&self.queue, length):
+            self.flush()
+        ur_replies_add(&self.queue, to, data, length)
+        return 0
+
+    cdef int flush(self) except -1:
+        """Send the queue in sendmmsg calls; note what failed."""
+        cdef unsigned failed, count
+        if not self.queue_ready or self.queue.count == 0:
+            return 0
+        if self.fd < 0:
+            self.queue.count = 0
+            self.queue.used = 0
+            return 0
+        count = self.queue.count
+        with nogil:
+            failed = ur_replies_flush(&self.queue, self.fd, &self.c)
+        self.settled(&self.queue, count, failed)
+        return 0
+
+    cdef settled(self, ur_replies *q, unsigned count, unsigned failed):
+        cdef unsigned i
+        if failed:
+            self.read_errors()  # path MTUs for EMSGSIZE
+            for i in range(count):
+                if q.status[i]:
+                    self.note(q.peers[i].family, q.peers[i].addr, q.peers[i].port,
+                              q.status[i], 0)
+        if q.gso_refused and self.can_gso:
+            self.can_gso = False
+            if self.queue_ready:
+                self.queue.gso = 0
+            if not self.warned_gso:
+                self.warned_gso = True
+                log.warning("the kernel refused GSO (UDP_SEGMENT) on this socket; "
+                            "sending one datagram per message from now on")
+
+    cdef int send_now(self, const ur_peer *to, const unsigned char *data,
+                      size_t length) except -1:
+        cdef int r
+        with nogil:
+            r = ur_send_one(self.fd, self.family, to, data, length)
+        if r == 0:
+            self.c.sent += 1
+            return 0
+        self.c.errors += 1
+        if r == -EMSGSIZE:
+            self.read_errors()  # the kernel's own note names the path MTU
+        self.note(to.family, to.addr, to.port, -r, 0)
+        host = _host(to.family, to.addr)
+        where = sockets.format_address(host, to.port)
+        if r == -EMSGSIZE:
+            raise OSError(EMSGSIZE, f"data: {length} bytes exceed the path MTU to {where} "
+                                    f"({self.failures.get((host, to.port), (0, 0, '?'))[2]} "
+                                    f"bytes), and the socket sets don't-fragment")
+        raise OSError(-r, f"send to {where}: {os.strerror(-r)}")
+
+    cdef int send_all(self, ur_peer *peers, list payloads, str name) except -1:
+        """payloads[i] (None: nothing) to peers[i], in sendmmsg calls. Every
+        payload is checked before any is sent."""
+        cdef Py_ssize_t i, n = len(payloads)
+        cdef size_t total = 0
+        cdef Py_buffer view
+        cdef ur_replies temp
+        cdef unsigned failed
+        for i in range(n):
+            data = payloads[i]
+            if data is None:
+                continue
+            _get_payload(data, &view, f"{name}[{i}]")
+            PyBuffer_Release(&view)
+            self.check_peer(&peers[i], view.len, f"{name}[{i}]")
+            total += view.len
+        if not self.prepared:
+            self.prepare()
+        if self.queueing():
+            for i in range(n):
+                if payloads[i] is not None:
+                    _get_payload(payloads[i], &view, name)
+                    try:
+                        self.enqueue(&peers[i], <const unsigned char *>view.buf,
+                                     <uint32_t>view.len)
+                    finally:
+                        PyBuffer_Release(&view)
+            return 0
+        if ur_replies_init(&temp, self.family, max(n, 1), max(total, 1), self.can_gso) < 0:
+            raise MemoryError()
+        try:
+            for i in range(n):
+                if payloads[i] is not None:
+                    _get_payload(payloads[i], &view, name)
+                    ur_replies_add(&temp, &peers[i], view.buf, <uint32_t>view.len)
+                    PyBuffer_Release(&view)
+            n = temp.count
+            with nogil:
+                failed = ur_replies_flush(&temp, self.fd, &self.c)
+            self.settled(&temp, <unsigned>n, failed)
+        finally:
+            ur_replies_free(&temp)
+        return 0
+
+    cdef int peer_for(self, ur_peer *to, address, source, ifindex) except -1:
+        """A destination from the API's address, source and ifindex."""
+        host, port = sockets.parse_address(address)
+        if not host or port == 0:
+            raise ValueError(f"address must give a host and a port, not {address!r}")
+        family, packed = _numeric(host, "address")
+        if self.family == socket.AF_INET and family == socket.AF_INET6:
+            raise ValueError(f"address {host!r} is IPv6, but the reader's socket is IPv4")
+        if self.v6only and family == socket.AF_INET:
+            raise ValueError(f"address {host!r} is IPv4, but the reader's socket "
+                             f"takes IPv6 only")
+        memset(to, 0, sizeof(ur_peer))
+        to.family = family
+        to.port = port
+        memcpy(to.addr, <const char *>packed, len(packed))
+        if source is not None:
+            local_family, local = _numeric(source, "source")
+            if local_family != family:
+                raise ValueError(f"source {source!r} is {_family_name(local_family)}, "
+                                 f"but address {host!r} is {_family_name(family)}")
+            memcpy(to.local, <const char *>local, len(local))
+            to.has_local = 1
+        if ifindex is not None:
+            if not isinstance(ifindex, int) or isinstance(ifindex, bool):
+                raise TypeError(f"ifindex must be an int, not {ifindex!r}")
+            if not 0 <= ifindex <= 0xffffffff:
+                raise ValueError(f"ifindex must be within 0..4294967295, not {ifindex}")
+            to.ifindex = ifindex
+        return 0
+
+    cdef int read_errors(self) except -1:
+        """Count what the error queue holds (ICMP errors for datagrams sent)."""
+        cdef ur_send_error errors[ERRORS_PER_READ]
+        cdef int n, i, reads
+        for reads in range(ERROR_READS):
+            if self.fd < 0:
+                return 0
+            n = ur_read_errors(self.fd, errors, ERRORS_PER_READ)
+            if n <= 0:
+                return 0
+            for i in range(n):
+                if errors[i].origin == SO_EE_ORIGIN_LOCAL:
+                    # Our own send was refused and counted then; this names
+                    # the path MTU (of a destination without its port).
+                    if errors[i].err == EMSGSIZE and len(self.local_mtus) < MAX_FAILURES:
+                        self.local_mtus[_host(errors[i].family, errors[i].addr)] = errors[i].info
+                    continue
+                self.c.errors += 1
+                self.note(errors[i].family, errors[i].addr, errors[i].port, errors[i].err,
+                          errors[i].info if errors[i].err == EMSGSIZE else 0)
+            if n < ERRORS_PER_READ:
+                return 0
+        return 0
+
+    cdef note(self, int family, const uint8_t *addr, uint16_t port, int err, uint32_t mtu):
+        if family != socket.AF_INET and family != socket.AF_INET6:
+            return
+        host = _host(family, addr)
+        if err == EMSGSIZE and not mtu:
+            mtu = self.local_mtus.pop(host, 0)
+        key = (host, port)
+        old = self.failures.get(key)
+        if old is None:
+            if len(self.failures) < MAX_FAILURES:
+                self.failures[key] = SendFailure(err, 1, mtu)
+        else:
+            self.failures[key] = SendFailure(err, old.datagrams + 1, mtu or old.mtu)
+
+    cdef dict take_failures(self):
+        self.read_errors()
+        failures, self.failures = self.failures, {}
+        return failures
 
 
 @cython.final
@@ -79,6 +424,7 @@ cdef class _Slab:
     cdef ur_meta *meta
     cdef unsigned char *arena
     cdef Py_ssize_t meta_bytes
+    cdef _Sender sender  # where its packets' replies go
 
     def __cinit__(self, Py_ssize_t records, Py_ssize_t arena_bytes):
         self.meta_bytes = records * sizeof(ur_meta)
@@ -126,6 +472,17 @@ cdef class Packet:
     def __getbuffer__(self, Py_buffer *view, int flags):
         PyBuffer_FillInfo(view, self, self._slab.arena + self._m.offset,
                           self._m.length, 1, flags)
+
+    def reply(self, data):
+        """Send `data` (bytes-like) back to the packet's source, from the
+        address and interface the packet arrived on, through the reader's
+        socket. In a callback of the reader's run the reply is queued and
+        goes out with the others of its receive in sendmmsg calls; anywhere
+        else (a kept packet, another thread) it is sent at once, and a send
+        error raises OSError."""
+        cdef ur_peer to
+        _reply_peer(&to, self._m)
+        self._slab.sender.reply(&to, data, "data")
 
     @property
     def src(self):
@@ -239,6 +596,28 @@ cdef class Batch:
         for i in range(self._start, self._start + self._count):
             yield _packet(self._slab, i)
 
+    def reply(self, replies):
+        """Answer the batch's packets: replies[i] (bytes-like, or None for
+        no answer) goes to packet i's source from the address and interface
+        it came to, in sendmmsg calls, runs of equal-sized replies to one
+        peer merged with GSO. `batch.reply(batch)` echoes every packet.
+        Every entry is checked before any is sent."""
+        cdef Py_ssize_t i
+        cdef ur_peer *peers
+        payloads = replies if type(replies) is list else list(replies)
+        if len(payloads) != self._count:
+            raise ValueError(f"replies must have one entry per packet ({self._count}), "
+                             f"not {len(payloads)}")
+        peers = <ur_peer *>malloc(max(self._count, 1) * sizeof(ur_peer))
+        if peers == NULL:
+            raise MemoryError()
+        try:
+            for i in range(self._count):
+                _reply_peer(&peers[i], &self._slab.meta[self._start + i])
+            self._slab.sender.send_all(peers, payloads, "replies")
+        finally:
+            free(peers)
+
     @property
     def records(self):
         """All records as a numpy structured array (one row per packet)."""
@@ -338,6 +717,7 @@ cdef class Reader:
     cdef bint _handler_takes_batches
     cdef object _shed_peer
     cdef double _deadline
+    cdef _Sender _sender
 
     def __cinit__(self):
         self._fd = -1
@@ -374,6 +754,8 @@ cdef class Reader:
             self._engine_ready = True
             # Drops counted before we took the socket are not ours.
             self._engine.last_ovfl = sockets.kernel_drops(sock)
+            self._sender = _Sender()
+            self._sender.setup(sock, options.batch_size)
             self._slab = self._new_slab()
             self._wake_fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
         except BaseException:
@@ -401,7 +783,9 @@ cdef class Reader:
             close(self._wake_fd)
 
     cdef _Slab _new_slab(self):
-        return _Slab(self._engine.max_records, ur_engine_arena_size(&self._engine))
+        cdef _Slab slab = _Slab(self._engine.max_records, ur_engine_arena_size(&self._engine))
+        slab.sender = self._sender
+        return slab
 
     # -- properties ---------------------------------------------------------
 
@@ -452,7 +836,16 @@ cdef class Reader:
         """A Stats snapshot of the counters."""
         return Stats(self._c.received, self._delivered, self._c.too_short,
                      self._c.too_long, self._c.ctrunc, self._c.kernel_drops,
-                     self._c.batches, self._c.bytes)
+                     self._c.batches, self._c.bytes, self._sender.c.sent,
+                     self._sender.c.errors)
+
+    @property
+    def gso(self):
+        """True while replies to one peer of equal size may be merged into
+        one message with UDP_SEGMENT; False once the kernel refused it."""
+        self._check_open()
+        self._sender.prepare()
+        return self._sender.can_gso
 
     # -- control ------------------------------------------------------------
 
@@ -479,6 +872,8 @@ cdef class Reader:
             self._shed_peer.close()
             self._shed_peer = None
         self._fd = -1
+        if self._sender is not None:
+            self._sender.fd = -1  # kept packets can no longer answer
         if self._wake_fd >= 0:
             os.close(self._wake_fd)
             self._wake_fd = -1
@@ -498,6 +893,63 @@ cdef class Reader:
     cdef _check_open(self):
         if self._fd < 0:
             raise ValueError("the reader is closed")
+
+    # -- sending --------------------------------------------------------------
+
+    def send(self, data, address, *, source=None, ifindex=None):
+        """Send one datagram now through the reader's socket to `address`
+        ("host:port", "[v6]:port" or (host, port), numeric), from the local
+        address `source` and interface `ifindex` when given (else the
+        kernel's choice). A send error raises OSError."""
+        cdef ur_peer to
+        self._check_open()
+        self._sender.peer_for(&to, address, source, ifindex)
+        self._sender.prepare()
+        self._sender.reply(&to, data, "data", True)
+
+    def send_many(self, messages, *, source=None, ifindex=None):
+        """Send (data, address) pairs in sendmmsg calls, from `source` and
+        `ifindex` when given; runs of equal-sized datagrams to one address
+        are merged with GSO. In a callback of this reader's run they join
+        that receive's replies; else they go at once. Every pair is checked
+        before any is sent; failures are counted (stats.send_errors) and
+        kept per destination (send_failures())."""
+        cdef Py_ssize_t i, n
+        cdef ur_peer *peers
+        self._check_open()
+        pairs = messages if type(messages) is list else list(messages)
+        n = len(pairs)
+        payloads = [None] * n
+        peers = <ur_peer *>malloc(max(n, 1) * sizeof(ur_peer))
+        if peers == NULL:
+            raise MemoryError()
+        try:
+            parsed = {}
+            for i in range(n):
+                try:
+                    data, address = pairs[i]
+                except (TypeError, ValueError):
+                    raise TypeError(f"messages[{i}] must be a (data, address) pair, "
+                                    f"not {pairs[i]!r}") from None
+                if data is None:
+                    raise TypeError(f"messages[{i}]: data must be bytes-like, not None")
+                key = address if isinstance(address, (str, tuple)) else repr(address)
+                if key not in parsed:
+                    self._sender.peer_for(&peers[i], address, source, ifindex)
+                    parsed[key] = i
+                else:
+                    peers[i] = peers[<Py_ssize_t>parsed[key]]
+                payloads[i] = data
+            self._sender.send_all(peers, payloads, "messages")
+        finally:
+            free(peers)
+
+    def send_failures(self):
+        """Destinations whose datagrams failed since the last call, as
+        {(host, port): SendFailure(errno, datagrams, mtu)}: refused sends and
+        the ICMP errors read back from the socket's error queue."""
+        self._check_open()
+        return self._sender.take_failures()
 
     # -- receiving ------------------------------------------------------------
 
@@ -525,6 +977,9 @@ cdef class Reader:
             raise RuntimeError("the reader is already running")
         while self._pending_next >= self._pending_end:
             if not self._receive():
+                if self._sender.prepared:
+                    # An event loop wakes us for the error queue too.
+                    self._sender.read_errors()
                 return None
         batch = self._take_batch()
         self._delivered += batch._count
@@ -582,6 +1037,7 @@ cdef class Reader:
         if self._running:
             raise RuntimeError("the reader is already running")
         self._running = True
+        self._sender.loop_thread = PyThread_get_thread_ident()
         try:
             while self._next_batch(idle_ms):
                 if self._handler_takes_batches:
@@ -591,6 +1047,8 @@ cdef class Reader:
                     batch = None
                 else:
                     self._deliver_packets(self._handler)
+                if self._sender.queue.count:
+                    self._sender.flush()  # this receive's replies
         finally:
             self._end()
 
@@ -620,23 +1078,32 @@ cdef class Reader:
 
     cdef _end(self):
         cdef uint64_t value
+        self._sender.loop_thread = 0
         self._running = False
         self._stopping = False
         if self._wake_fd >= 0:
             read(self._wake_fd, &value, sizeof(value))
-        if self._close_after_run:
-            self.close()
+        try:
+            self._sender.flush()  # replies made before a stop or an exception
+        finally:
+            if self._close_after_run:
+                self.close()
 
     cdef bint _receive(self) except -1:
         """One non-blocking recvmmsg into a free slab; False if the queue was
         empty. The new records become the pending packets."""
-        cdef int n
+        cdef int n, tries
         if Py_REFCNT(self._slab) > 1:
             self._slab = self._new_slab()  # a callback kept something
-        with nogil:
-            n = ur_engine_recv(&self._engine, self._fd, self._slab.arena,
-                               self._slab.meta, &self._c)
-        if n == -EAGAIN:
+        for tries in range(ASYNC_ERROR_TRIES):
+            with nogil:
+                n = ur_engine_recv(&self._engine, self._fd, self._slab.arena,
+                                   self._slab.meta, &self._c)
+            if n >= 0 or not ur_async_error(-n):
+                break
+            # An ICMP error for a datagram we sent, not a failed receive.
+            self._sender.read_errors()
+        if n == -EAGAIN or (n < 0 and ur_async_error(-n)):
             return False
         if n < 0:
             raise OSError(-n, f"recvmmsg: {os.strerror(-n)}")
@@ -663,6 +1130,9 @@ cdef class Reader:
             wait_ms = WAIT_SLICE_MS if idle_ms == FOREVER else idle_ms
             with nogil:
                 r = ur_wait(fd, wake_fd, wait_ms)
+            if r == 2:
+                self._sender.read_errors()  # only the error queue was ready
+                continue
             if r == 0 and idle_ms != FOREVER and not self._stopping:
                 return False  # idle: the drain is complete
             if r < 0 and r != -EINTR:

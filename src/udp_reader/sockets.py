@@ -240,6 +240,13 @@ def queue_filling(sock: socket.socket) -> bool:
 _DISCARD_LIMIT = 1 << 20
 # Room for every control message the engine enables at once.
 _CONTROL_SIZE = 256
+# What an ICMP error for an earlier send makes the next receive return
+# instead of data (always on a connected socket, and on any with
+# IP_RECVERR, which a Reader sets once it sends).
+ASYNC_ERRORS = frozenset({
+    errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EMSGSIZE,
+    errno.ENOPROTOOPT, errno.EOPNOTSUPP, errno.ENONET, errno.EHOSTDOWN, errno.EACCES,
+    errno.EPROTO, errno.ENETDOWN})
 
 
 def discard_queue(sock: socket.socket) -> int:
@@ -264,7 +271,9 @@ def _discard(sock: socket.socket) -> int:
                 [buffer], _CONTROL_SIZE, socket.MSG_DONTWAIT | socket.MSG_TRUNC)
         except BlockingIOError:
             break
-        except ConnectionRefusedError:  # a pending ICMP error, not a datagram
+        except OSError as e:  # an ICMP error left pending by a send, not a datagram
+            if e.errno not in ASYNC_ERRORS:
+                raise
             continue
         count += _segments(length, ancdata)
     return count
