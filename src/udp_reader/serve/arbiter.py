@@ -34,6 +34,7 @@ from typing import Deque, Dict, Iterator, List, Optional, Tuple
 
 from udp_reader import handoff, sockets, systemd
 from udp_reader.serve import privileges, protocol, statusfile, steering, upgrade
+from udp_reader.serve import metrics  # --metrics
 from udp_reader.serve.config import Config
 from udp_reader.serve.listeners import Listener
 from udp_reader.serve.pidfile import PidFile
@@ -121,6 +122,8 @@ class Arbiter:
         self.status = ""
         self.cpus = sorted(os.sched_getaffinity(0))
         self.steered_for = 0
+        self.metrics: Optional[metrics.MetricsServer] = None  # --metrics
+        self.latest: Optional[dict] = None  # last snapshot published; the metrics thread reads it
 
     # -- set-up and the loop ---------------------------------------------------------
 
@@ -147,6 +150,13 @@ class Arbiter:
             raise StartError(_text(e)) from None
         except ValueError as e:
             raise StartError(str(e)) from None
+        if c.metrics:  # bound before any worker starts: a port in use is a set-up error
+            try:
+                self.metrics = metrics.bind(c.metrics, lambda: self.latest,
+                                            share=self.predecessor is not None
+                                            or bool(c.takeover_dir))
+            except metrics.MetricsError as e:
+                raise StartError(str(e)) from None
         read_end, write_end = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._wakeup = (read_end, write_end)
         self.selector.register(read_end, selectors.EVENT_READ, "wakeup")
@@ -510,6 +520,10 @@ class Arbiter:
         log.info("serving %s on %s with %d worker(s)%s", self.config.handler, self.address,
                  len(self.slots), " on one shared socket" if self.shared else "")
         systemd.notify("READY=1", self._status(), f"MAINPID={os.getpid()}")
+        self._publish()
+        if self.metrics is not None:
+            self.metrics.start()
+            log.info("metrics on %s", self.metrics.url)
 
     # -- workers that end --------------------------------------------------------------
 
@@ -673,6 +687,8 @@ class Arbiter:
         if self.pid_file is not None:
             self.pid_file.remove()
             statusfile.remove(statusfile.path_for(self.pid_file.path))
+        if self.metrics is not None:
+            self.metrics.close()
         self.selector.close()
 
     # -- others holding our sockets --------------------------------------------------------
@@ -791,12 +807,16 @@ class Arbiter:
             })
         return {"pid": os.getpid(), "address": self.address, "time": time.time(),
                 "phase": self.phase.value, "workers": self.target, "slots": slots,
-                "events": dict(self.events), "kernel_drops": self.kernel_drops}
+                "events": dict(self.events), "kernel_drops": self.kernel_drops,
+                "shared": self.shared}
 
     def _publish(self) -> None:
-        if self.pid_file is not None and self.announced:
+        if not self.announced or (self.pid_file is None and self.metrics is None):
+            return
+        self.latest = self.snapshot()  # a new dict each time, never changed once published
+        if self.pid_file is not None:
             try:
-                statusfile.write(statusfile.path_for(self.pid_file.path), self.snapshot())
+                statusfile.write(statusfile.path_for(self.pid_file.path), self.latest)
             except OSError as e:
                 log.warning("cannot write the status file: %s", _text(e))
 

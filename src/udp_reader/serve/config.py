@@ -8,6 +8,7 @@ import dataclasses
 import os
 from typing import Optional, Sequence
 
+from udp_reader import sockets
 from udp_reader.options import ReaderOptions
 from udp_reader.serve import steering
 
@@ -45,6 +46,7 @@ class Config:
     max_packets: Optional[int] = None   # a worker is replaced after about this many
     max_packets_jitter: int = 0
     steer: str = "hash"                 # see steering.py
+    metrics: Optional[str] = None       # HOST:PORT for Prometheus (metrics.py)
 
     def __post_init__(self) -> None:
         if self.workers < 1:
@@ -67,6 +69,11 @@ class Config:
         if self.max_packets_jitter < 0:
             raise ValueError(f"--max-packets-jitter must be 0 or more, "
                              f"not {self.max_packets_jitter}")
+        if self.metrics is not None:
+            try:
+                sockets.parse_address(self.metrics)
+            except ValueError as e:
+                raise ValueError(f"--metrics: {e}") from None
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "Config":
@@ -77,7 +84,7 @@ class Config:
                    pid_file=args.pid_file, handoff_dir=args.handoff, takeover_dir=args.takeover,
                    user=args.user, group=args.group, timeout=args.timeout,
                    max_packets=args.max_packets, max_packets_jitter=args.max_packets_jitter,
-                   steer=args.steer)
+                   steer=args.steer, metrics=args.metrics)
 
 
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(Config)}
@@ -125,6 +132,9 @@ def add_parser(sub: "argparse._SubParsersAction") -> argparse.ArgumentParser:
                        help="run the workers with GROUP (default: USER's group)")
     serve.add_argument("--pid-file", metavar="FILE",
                        help="write the master's pid here once it serves")
+    serve.add_argument("--metrics", metavar="HOST:PORT",
+                       help="serve Prometheus metrics at http://HOST:PORT/metrics "
+                            '(needs pip install "udp-reader[metrics]")')
     serve.add_argument("--handoff", metavar="DIR",
                        help="offer the sockets to another master over a Unix socket in DIR "
                             "(made mode 0700)")
