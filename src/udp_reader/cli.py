@@ -218,6 +218,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise UsageError(str(e)) from None
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    from udp_reader.serve import statusview
+
+    try:
+        snapshot = statusview.load(args.pid_file)
+    except statusview.NotRunning as e:  # exit 1: nothing serves there
+        print(f"udp-reader: error: not running: {e}", file=sys.stderr)
+        return EXIT_FAILURE
+    except statusview.Unreadable as e:
+        raise UsageError(str(e)) from None
+    print(json.dumps(snapshot, indent=2) if args.json else statusview.render(snapshot))
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="udp-reader",
@@ -296,6 +310,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = serve_config.add_parser(sub)
     serve.set_defaults(func=cmd_serve)
+
+    status = sub.add_parser(
+        "status", help="show what a running `serve` master reports",
+        description="Print the workers, counters and queues of the `udp-reader serve` "
+                    "master that wrote FILE (--pid-file), from the status it writes beside "
+                    "it every second. Exit status: 0 shown, 1 not running, 2 unreadable files.")
+    status.add_argument("--pid-file", metavar="FILE", required=True,
+                        help="the master's --pid-file")
+    status.add_argument("--json", action="store_true", help="print the whole status as JSON")
+    status.set_defaults(func=cmd_status)
     return parser
 
 

@@ -1,0 +1,125 @@
+"""`udp-reader status --pid-file FILE` against a real `udp-reader serve`."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import DEADLINE, send
+from test_serve import Server
+
+
+@pytest.fixture
+def record_dir(tmp_path):
+    return str(tmp_path)
+
+
+def status(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "udp_reader", "status", *args],
+                          capture_output=True, text=True, timeout=DEADLINE)
+
+
+def handled(record_dir: str) -> int:
+    return sum(os.path.getsize(os.path.join(record_dir, f)) // 8
+               for f in os.listdir(record_dir) if f.endswith(".seq"))
+
+
+def test_status_of_a_running_server_then_of_a_stopped_one(record_dir):
+    n = 300
+    pid_file = os.path.join(record_dir, "serve.pid")
+    server = Server("recorder:on_packet", "--workers", "2", "--pid-file", pid_file,
+                    record_dir=record_dir)
+    try:
+        server.wait_for("serving")
+        workers = {l.split()[2]: l.split()[-1] for l in server.lines if " ready on slot " in l}
+        assert len(workers) == 2
+        for flow in range(10):
+            send(("127.0.0.1", server.port),
+                 [i.to_bytes(8, "little") for i in range(flow, n, 10)])
+        deadline = time.monotonic() + DEADLINE
+        while handled(record_dir) < n and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert handled(record_dir) == n
+        # The master publishes what its workers report about once a second.
+        while time.monotonic() < deadline:
+            shown = status("--pid-file", pid_file, "--json")
+            assert shown.returncode == 0, shown.stderr
+            snapshot = json.loads(shown.stdout)
+            if sum(s["totals"].get("delivered", 0) for s in snapshot["slots"]) >= n:
+                break
+            time.sleep(0.1)
+        assert snapshot["pid"] == server.proc.pid
+        assert snapshot["address"] == f"127.0.0.1:{server.port}"
+        assert sum(s["totals"]["received"] for s in snapshot["slots"]) == n
+        assert sum(s["totals"]["delivered"] for s in snapshot["slots"]) == n
+        assert {str(w["pid"]): str(s["slot"]) for s in snapshot["slots"]
+                for w in s["workers"]} == workers
+
+        table = status("--pid-file", pid_file)
+        assert table.returncode == 0 and table.stderr == ""
+        lines = table.stdout.splitlines()
+        assert lines[0] == (f"master {server.proc.pid} running on 127.0.0.1:{server.port}: "
+                            "2 worker(s)")
+        assert lines[1].split() == ["SLOT", "PID", "STATE", "AGE", "RECEIVED", "DELIVERED",
+                                    "DROPS", "QUEUED"]
+        rows = [line.split() for line in lines[2:4]]
+        assert {(r[0], r[1], r[2]) for r in rows} == {
+            (slot, pid, "serving") for pid, slot in workers.items()}
+        assert sum(int(r[4].replace(",", "")) for r in rows) == n  # received
+        assert sum(int(r[5].replace(",", "")) for r in rows) == n  # delivered
+        assert [r[6] for r in rows] == ["0", "0"]                  # kernel drops
+        assert f"since start: {n} received, {n} delivered, 0 filtered" in table.stdout
+        assert "2 worker(s) started, 0 rolling restart(s)" in table.stdout
+    finally:
+        code = server.stop()
+    assert code == 0
+    gone = status("--pid-file", pid_file)
+    assert gone.returncode == 1 and gone.stdout == ""
+    assert gone.stderr == f"udp-reader: error: not running: no pid file {pid_file}\n"
+
+
+def test_status_of_a_stale_pid_file_is_not_running(record_dir):
+    pid_file = os.path.join(record_dir, "serve.pid")
+    with open(pid_file, "w") as f:
+        f.write("4194305\n")  # above the largest pid_max: never a process
+    shown = status("--pid-file", pid_file)
+    assert shown.returncode == 1 and shown.stdout == ""
+    assert shown.stderr.splitlines() == [
+        f"udp-reader: error: not running: {pid_file} names pid 4194305, which is not "
+        "running (a stale pid file)"]
+
+
+def test_status_of_a_live_process_that_published_nothing_is_not_running(record_dir):
+    pid_file = os.path.join(record_dir, "serve.pid")
+    with open(pid_file, "w") as f:
+        f.write(f"{os.getpid()}\n")  # alive, but no status file beside it
+    shown = status("--pid-file", pid_file)
+    assert shown.returncode == 1
+    assert shown.stderr.splitlines() == [
+        f"udp-reader: error: not running: pid {os.getpid()} has published no status in "
+        f"{pid_file}.json (still starting, or not a udp-reader master)"]
+
+
+@pytest.mark.parametrize("content, args, words", [
+    ("not a pid\n", [], "does not hold a pid"),
+    (None, ["--pid-file", "/proc"], "cannot read /proc: Is a directory"),
+    ("{pid}\n", [], "is not a status file"),
+    (None, [], "the following arguments are required: --pid-file"),
+])
+def test_status_of_unreadable_files_is_one_line_and_exit_2(record_dir, content, args, words):
+    pid_file = os.path.join(record_dir, "serve.pid")
+    if content is not None:
+        with open(pid_file, "w") as f:
+            f.write(content.format(pid=os.getpid()))
+        with open(pid_file + ".json", "w") as f:
+            f.write("{truncated")
+        args = ["--pid-file", pid_file]
+    shown = status(*args)
+    assert shown.returncode == 2 and shown.stdout == ""
+    assert len(shown.stderr.splitlines()) == 1
+    assert shown.stderr.startswith("udp-reader: error: ") and words in shown.stderr
