@@ -8,5 +8,10 @@ UDP port, restarted, resized and upgraded without losing a datagram.
     workers.py    a worker process, as the master sees it
     protocol.py   what master and worker say to each other
     worker.py     the worker process itself
+    privileges.py who the workers run as (--user, --group)
+    steering.py   which worker gets a datagram (--steer)
     pidfile.py    the pid file
+    statusfile.py the master's snapshot on disk, beside the pid file
+    statusview.py `udp-reader status`: that snapshot for people
+    metrics.py    the snapshot for Prometheus (--metrics)
 """
