@@ -413,6 +413,7 @@ class Arbiter:
             self._retry_later(slot, why)
         elif slot.worker is not None:
             log.error("%s; rolling restart aborted, the running workers carry on", why)
+            self._back_off(slot)  # a worker due for replacement (--max-packets) waits
             for other in self.slots:
                 if other.worker is not None and other.successor is not None:
                     self._forget_successor(other)
@@ -437,10 +438,16 @@ class Arbiter:
                 self.slots.append(replacement)
 
     def _retry_later(self, slot: Slot, why: str) -> None:
+        delay = self._back_off(slot)
+        log.error("%s; %s has no reader, trying again in %.0f s", why, slot, delay)
+
+    @staticmethod
+    def _back_off(slot: Slot) -> float:
+        """1 s, 2 s, 4 s ... up to MAX_BACKOFF between a slot's failed starts."""
         slot.failures += 1
         delay = min(2.0 ** (slot.failures - 1), MAX_BACKOFF)
         slot.retry_at = time.monotonic() + delay
-        log.error("%s; %s has no reader, trying again in %.0f s", why, slot, delay)
+        return delay
 
     def _to_drains(self, slot: Slot) -> None:
         self.slots.remove(slot)
