@@ -2,6 +2,7 @@
 #include "replies.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <stdlib.h>
@@ -205,9 +206,12 @@ static int wait_room(int fd, int *waits)
     return 1;
 }
 
-/* sendmsg, riding out EINTR and (within the budget) EAGAIN. */
+/* sendmsg, riding out EINTR, (within the budget) EAGAIN, and once an
+ * ICMP error an earlier datagram left pending: the kernel returns that
+ * from the next send, unsent, and forgets it. */
 static int send_waiting(int fd, const struct msghdr *h, int *waits)
 {
+    int retried = 0;
     for (;;) {
         if (sendmsg(fd, h, MSG_DONTWAIT) >= 0)
             return 0;
@@ -215,6 +219,10 @@ static int send_waiting(int fd, const struct msghdr *h, int *waits)
             continue;
         if ((errno == EAGAIN || errno == EWOULDBLOCK) && wait_room(fd, waits))
             continue;
+        if (ur_async_error(errno) && !retried) {
+            retried = 1;
+            continue;
+        }
         return -errno;
     }
 }
@@ -275,7 +283,7 @@ static void settle(ur_replies *r, unsigned m, int status, ur_send_counters *c)
 
 unsigned ur_replies_flush(ur_replies *r, int fd, ur_send_counters *c)
 {
-    unsigned i = 0, m = 0, done = 0, failed = 0, k;
+    unsigned i = 0, m = 0, done = 0, failed = 0, k, retried = UINT_MAX;
     int waits = UR_SEND_WAITS;
     uint64_t errors_before = c->errors;
 
@@ -309,6 +317,10 @@ unsigned ur_replies_flush(ur_replies *r, int fd, ur_send_counters *c)
             continue;
         if ((err == EAGAIN || err == EWOULDBLOCK) && wait_room(fd, &waits))
             continue;
+        if (ur_async_error(err) && retried != done) {
+            retried = done;  /* maybe an earlier datagram's ICMP error */
+            continue;
+        }
         if (r->segments[done] > 1) {
             /* The kernel or the device refuses GSO (quinn#1128): stop
              * merging.  Whatever the error, the run's datagrams go one by
