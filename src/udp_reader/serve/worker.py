@@ -29,7 +29,7 @@ import threading
 import time
 from typing import Any, Callable, Optional, Tuple
 
-from udp_reader import Reader, sockets
+from udp_reader import Reader, answering, sockets
 from udp_reader.serve import privileges, protocol
 
 log = logging.getLogger("udp_reader")
@@ -187,6 +187,8 @@ class Worker:
             privileges.drop(privileges.Credentials(*config["credentials"]))
         try:
             handler, start, stop = load_handler(config["handler"])
+            if not config["batches"]:
+                handler = answering(handler)  # what it returns answers the packet
             if start is not None:
                 _hook(start)
             self.reader = Reader(fileno=config["fd"], **config["reader"])
