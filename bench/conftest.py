@@ -37,12 +37,17 @@ TARGETS = [
     ("workers", "two", "one", "faster", 1.6),
     ("memory", "growth", None, "under", 1 << 20),
     ("latency", "per_packet", "py_recvfrom", "slower", 1.2),
+    ("echo", "per_batch", "c_echo", "faster", 0.8),
+    ("echo", "per_packet", "uvloop", "faster", 2),
+    ("echo", "c_echo", "uvloop", "faster", 2),  # what the kernel allows
 ]
 
 
 def pytest_addoption(parser):
     parser.addoption("--soak-seconds", type=float, default=0,
                      help="run the soak benchmark this long (it is skipped otherwise)")
+    parser.addoption("--echo-count", type=int, default=100_000,
+                     help="requests per round of the echo benchmark (default 100000)")
     parser.addoption("--chaos-seconds", type=float, default=180,
                      help="how long the chaos benchmark runs (default 180)")
 
