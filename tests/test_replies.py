@@ -376,6 +376,49 @@ def test_over_the_path_mtu_with_dont_fragment_is_a_precise_error():
     assert out["failure"] == [errno.EMSGSIZE, 1, 1280]
 
 
+FULL_BUFFER_SCRIPT = textwrap.dedent("""
+    import json, socket, subprocess
+    from udp_reader import Reader
+    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+    # A slow queue on lo holds sent datagrams, and with them the send buffer.
+    shaped = subprocess.run(["tc", "qdisc", "add", "dev", "lo", "root", "tbf", "rate",
+                             "100kbit", "burst", "1600", "limit", "10000000"],
+                            capture_output=True)
+    if shaped.returncode:
+        print(json.dumps({"skip": shaped.stderr.decode()}))
+        raise SystemExit
+    out = {}
+    with Reader("127.0.0.1:0") as reader, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as c:
+        c.bind(("127.0.0.1", 0))
+        reader.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        # Sizes apart, so no GSO message takes them all at once.
+        reader.send_many([(b"x" * (1000 + n), c.getsockname()) for n in range(40)])
+        out["many"] = [reader.stats.sent, reader.stats.send_errors]
+        try:
+            reader.send(b"y" * 1000, c.getsockname())
+        except OSError as e:
+            out["error"] = [e.errno, str(e)]
+        out["stats"] = [reader.stats.sent, reader.stats.send_errors]
+        out["failure"] = list(reader.send_failures()[c.getsockname()])
+    print(json.dumps(out))
+""")
+
+
+@pytest.mark.skipif(not _can_unshare(), reason="needs `unshare -n`")
+def test_a_full_send_buffer_is_waited_out_briefly_then_counted():
+    result = subprocess.run(["unshare", "-n", sys.executable, "-c", FULL_BUFFER_SCRIPT],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    if "skip" in out:
+        pytest.skip(f"no tbf queueing discipline: {out['skip']}")
+    sent, failed = out["many"]
+    assert sent + failed == 40 and sent >= 1 and failed >= 1
+    assert out["error"][0] == errno.EAGAIN and "send to 127.0.0.1:" in out["error"][1]
+    assert out["stats"] == [sent, failed + 1]
+    assert out["failure"][:2] == [errno.EAGAIN, failed + 1]
+
+
 def test_aio_batches_answer_at_once():
     with Reader("127.0.0.1:0") as reader, client("127.0.0.1", socket.AF_INET,
                                                   reader.address[1]) as c:

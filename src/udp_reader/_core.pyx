@@ -1078,14 +1078,16 @@ cdef class Reader:
 
     cdef _end(self):
         cdef uint64_t value
-        self._sender.loop_thread = 0
-        self._running = False
-        self._stopping = False
-        if self._wake_fd >= 0:
-            read(self._wake_fd, &value, sizeof(value))
         try:
-            self._sender.flush()  # replies made before a stop or an exception
+            # Replies made before a stop or an exception; still running, so
+            # a close() from another thread waits for them.
+            self._sender.flush()
         finally:
+            self._sender.loop_thread = 0
+            self._running = False
+            self._stopping = False
+            if self._wake_fd >= 0:
+                read(self._wake_fd, &value, sizeof(value))
             if self._close_after_run:
                 self.close()
 
