@@ -1,0 +1,222 @@
+"""The collectors in examples/, fed by real senders nobody here wrote:
+util-linux `logger` (syslog), the `statsd` Python client, and `softflowd`
+exporting a pcap made here (NetFlow v5), cross-checked by nfdump. Each
+runs under `udp-reader serve`, and its worker_stop() writes the tail."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+
+import pytest
+import statsd
+
+from conftest import DEADLINE, wait_until_bound
+from test_serve import Server
+
+EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
+
+
+def needs(*tools: str) -> None:
+    for tool in tools:
+        if shutil.which(tool) is None:
+            pytest.fail(f"{tool} is missing: .ci/run installs it")
+
+
+def serve_example(name: str, handler: str, record_dir: str, *args: str) -> Server:
+    shutil.copy(os.path.join(EXAMPLES, f"{name}.py"), record_dir)  # on the server's PYTHONPATH
+    server = Server(f"{name}:{handler}", *args, record_dir=record_dir)
+    server.wait_for("serving")
+    return server
+
+
+def json_lines(path: str) -> list[dict]:
+    with open(path) as f:
+        return [json.loads(line) for line in f]
+
+
+def wait_until_queue_empty(port: int) -> None:
+    """Until the UDP socket bound to `port` has nothing queued (/proc/net/udp)."""
+    local = f":{port:04X}"
+    deadline = time.monotonic() + DEADLINE
+    while time.monotonic() < deadline:
+        with open("/proc/net/udp") as f:
+            rows = [line.split() for line in f.readlines()[1:]]
+        if all(int(r[4].split(":")[1], 16) == 0 for r in rows if r[1].endswith(local)):
+            return
+        time.sleep(0.02)
+    pytest.fail(f"the socket on port {port} never emptied its queue")
+
+
+@pytest.fixture
+def record_dir():
+    with tempfile.TemporaryDirectory() as d:
+        yield d
+
+
+def test_syslog_from_logger_to_json_lines(record_dir, monkeypatch):
+    needs("logger")
+    out = os.path.join(record_dir, "syslog.jsonl")
+    monkeypatch.setenv("SYSLOG_OUT", out)
+    server = serve_example("syslog_json", "on_packet", record_dir, "--workers", "2")
+    to = ["logger", "--udp", "--server", "127.0.0.1", "--port", str(server.port)]
+    lines = os.path.join(record_dir, "lines.txt")
+    with open(lines, "w") as f:
+        f.write("".join(f"line {i}\n" for i in range(50)))
+    for command in (
+        [*to, "--rfc5424", "-t", "app", "-p", "local3.warning", "--msgid", "ID47",
+         "--sd-id", "ex@32473", "--sd-param", 'k="v\\]x"', "--sd-param", 'q="a b"', "hello 5424"],
+        [*to, "--rfc3164", "-t", "app", "-i", "-p", "user.err", "hello 3164"],
+        [*to, "--rfc5424", "-t", "bulk", "-f", lines],
+    ):
+        subprocess.run(command, check=True, timeout=DEADLINE)
+    assert server.stop() == 0
+    records = json_lines(out)
+    assert len(records) == 52
+    by_message = {r["message"]: r for r in records}
+    new = by_message["hello 5424"]
+    assert (new["format"], new["facility"], new["severity"], new["app"], new["msgid"]) == \
+        ("rfc5424", "local3", "warning", "app", "ID47")
+    assert new["sd"]["ex@32473"] == {"k": "v]x", "q": "a b"}
+    assert new["sd"]["timeQuality"]["tzKnown"] == "1"
+    assert new["from"] == "127.0.0.1" and new["host"] == socket.gethostname()
+    old = by_message["hello 3164"]
+    assert (old["format"], old["facility"], old["severity"], old["app"]) == \
+        ("rfc3164", "user", "err", "app")
+    assert int(old["pid"]) > 0
+    assert sorted(r["message"] for r in records if r["app"] == "bulk") == \
+        sorted(f"line {i}" for i in range(50))
+
+
+def test_statsd_client_sums_per_interval(record_dir, monkeypatch):
+    out = os.path.join(record_dir, "stats.jsonl")
+    monkeypatch.setenv("STATSD_OUT", out)
+    monkeypatch.setenv("STATSD_FLUSH", "3600")  # one interval: the stop ends it
+    server = serve_example("statsd_aggregator", "on_batch", record_dir, "--batches")
+    client = statsd.StatsClient("127.0.0.1", server.port)
+    for _ in range(200):
+        client.incr("hits")
+    client.incr("bytes", 1500)
+    client.incr("sampled", 1, rate=1.0)
+    for ms in range(1, 101):
+        client.timing("latency", ms)
+    client.gauge("queue", 5)
+    client.gauge("queue", 3, delta=True)
+    with client.pipeline() as many:  # several metrics in one datagram
+        many.incr("hits", 10)
+        many.timing("latency", 1000)
+        many.gauge("queue", -1, delta=True)
+    assert server.stop() == 0
+    [report] = json_lines(out)
+    assert report["counters"] == {"hits": 210, "bytes": 1500, "sampled": 1}
+    latency = report["timers"]["latency"]
+    assert (latency["count"], latency["sum"], latency["min"], latency["max"]) == \
+        (101, 5050 + 1000, 1, 1000)
+    assert latency["p90"] == 91  # the 91st of 101 sorted values
+    assert report["gauges"] == {"queue": 7}
+
+
+def test_statsd_aggregator_standalone_flushes_every_interval(record_dir):
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = dict(os.environ, STATSD_FLUSH="0.2")
+    proc = subprocess.Popen([sys.executable, os.path.join(EXAMPLES, "statsd_aggregator.py"),
+                             f"127.0.0.1:{port}"], stdout=subprocess.PIPE, env=env)
+    try:
+        wait_until_bound(port)
+        client = statsd.StatsClient("127.0.0.1", port)
+        for _ in range(500):
+            client.incr("hits")
+        first = proc.stdout.readline()  # an interval's report, before any stop
+        for _ in range(500):
+            client.incr("hits")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        rest, _ = proc.communicate(timeout=DEADLINE)
+    assert proc.returncode == 0
+    reports = [json.loads(line) for line in (first + rest).splitlines()]
+    assert "hits" in reports[0]["counters"]
+    assert sum(r["counters"].get("hits", 0) for r in reports) == 1000
+
+
+# The traffic softflowd turns into flows: (src, dst, proto, sport, dport, packets, payload).
+FLOWS = [("10.0.0.1", "10.0.0.2", 17, 1000, 53, 10, 50),
+         ("10.0.0.3", "10.0.0.4", 6, 40000, 80, 7, 500),
+         ("10.0.0.1", "10.0.0.9", 17, 1001, 514, 3, 100),
+         ("192.0.2.7", "198.51.100.1", 17, 5353, 5353, 25, 20)]
+
+
+def _frame(src: str, dst: str, proto: int, sport: int, dport: int, payload: bytes) -> bytes:
+    """An Ethernet frame with IPv4 and UDP or TCP (ACK|PSH) around payload."""
+    if proto == socket.IPPROTO_UDP:
+        l4 = struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload
+    else:
+        l4 = struct.pack("!HHIIBBHHH", sport, dport, 1, 1, 5 << 4, 0x18, 65535, 0, 0) + payload
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(l4), 0, 0x4000, 64, proto, 0,
+                     socket.inet_aton(src), socket.inet_aton(dst))
+    return b"\x02" * 6 + b"\x04" * 6 + b"\x08\x00" + ip + l4
+
+
+def write_pcap(path: str) -> None:
+    with open(path, "wb") as f:
+        f.write(struct.pack("=IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1))  # Ethernet
+        for second in range(max(flow[5] for flow in FLOWS)):
+            for src, dst, proto, sport, dport, packets, size in FLOWS:
+                if second < packets:
+                    frame = _frame(src, dst, proto, sport, dport, b"x" * size)
+                    f.write(struct.pack("=IIII", 1_700_000_000 + second, 0, len(frame),
+                                        len(frame)) + frame)
+
+
+def test_netflow_from_softflowd_matches_nfdump(record_dir, monkeypatch):
+    needs("softflowd", "nfcapd", "nfdump")
+    pcap = os.path.join(record_dir, "traffic.pcap")
+    write_pcap(pcap)
+    out = os.path.join(record_dir, "flows.jsonl")
+    monkeypatch.setenv("NETFLOW_OUT", out)
+    server = serve_example("netflow_v5", "on_batch", record_dir, "--batches")
+    # nfdump's own collector gets the same export, for the cross-check.
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        nfcapd_port = probe.getsockname()[1]
+    flow_dir = os.path.join(record_dir, "nfcapd")
+    os.mkdir(flow_dir)
+    nfcapd = subprocess.Popen(["nfcapd", "-b", "127.0.0.1", "-p", str(nfcapd_port),
+                               "-w", flow_dir], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        wait_until_bound(nfcapd_port)
+        subprocess.run(["softflowd", "-r", pcap, "-v", "5", "-d",
+                        "-n", f"127.0.0.1:{server.port},127.0.0.1:{nfcapd_port}"],
+                       check=True, capture_output=True, timeout=DEADLINE)
+        wait_until_queue_empty(nfcapd_port)
+    finally:
+        nfcapd.send_signal(signal.SIGTERM)
+        nfcapd.wait(DEADLINE)
+    assert server.stop() == 0
+    ours = {(f["src"], f["dst"], f["proto"], f["sport"], f["dport"], f["packets"], f["bytes"])
+            for f in json_lines(out)}
+    dump = subprocess.run(["nfdump", "-R", flow_dir, "-o", "csv"], check=True,
+                          capture_output=True, text=True, timeout=DEADLINE).stdout
+    flows = dump.split("\n\n")[0].split("\nSummary")[0]  # the flow table, not the summary
+    rows = list(csv.DictReader(io.StringIO(flows)))
+    assert rows
+    proto = {"UDP": 17, "TCP": 6}
+    theirs = {(r["sa"], r["da"], proto[r["pr"]], int(r["sp"]), int(r["dp"]), int(r["ipkt"]),
+               int(r["ibyt"])) for r in rows}
+    assert ours == theirs
+    # And both match the traffic made: IP length = 20 + 8 (UDP) or 20 (TCP) + payload.
+    made = {(s, d, p, sp, dp, n, n * (20 + (8 if p == 17 else 20) + size))
+            for s, d, p, sp, dp, n, size in FLOWS}
+    assert ours == made
