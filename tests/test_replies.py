@@ -4,6 +4,7 @@ to, batching, GSO and its fallback, errors read back, bad input."""
 from __future__ import annotations
 
 import errno
+import gc
 import json
 import logging
 import os
@@ -133,6 +134,19 @@ def test_a_kept_packet_answers_after_its_callback():
         worker.start()
         worker.join()
         assert c.recv(100) == b"from a thread"
+
+
+def test_a_kept_packet_outlives_its_reader_left_unclosed():
+    reader = Reader("127.0.0.1:0")
+    with client("127.0.0.1", socket.AF_INET, reader.address[1]) as c:
+        c.send(b"question")
+        (packet,) = collect(reader, 1, keep=lambda p: p)
+        del reader
+        gc.collect()
+        # The packet holds the socket: it answers on it, not on whatever
+        # file took the number of a closed one.
+        packet.reply(b"answer")
+        assert c.recv(10) == b"answer"
 
 
 def test_send_from_a_chosen_source():

@@ -156,6 +156,7 @@ cdef class _Sender:
     anywhere else they are sent at once.
     """
     cdef int fd
+    cdef object sock  # held, so a kept packet never sends on a reused descriptor
     cdef int family
     cdef bint v6only
     cdef bint prepared
@@ -179,6 +180,7 @@ cdef class _Sender:
             ur_replies_free(&self.queue)
 
     cdef setup(self, sock, unsigned batch):
+        self.sock = sock
         self.fd = sock.fileno()
         self.family = sock.family
         self.v6only = (sock.family == socket.AF_INET6 and
@@ -844,7 +846,8 @@ cdef class Reader:
         """True while replies to one peer of equal size may be merged into
         one message with UDP_SEGMENT; False once the kernel refused it."""
         self._check_open()
-        self._sender.prepare()
+        if not self._sender.prepared:
+            return bool(ur_probe_gso(self._fd))
         return self._sender.can_gso
 
     # -- control ------------------------------------------------------------
@@ -874,6 +877,7 @@ cdef class Reader:
         self._fd = -1
         if self._sender is not None:
             self._sender.fd = -1  # kept packets can no longer answer
+            self._sender.sock = None
         if self._wake_fd >= 0:
             os.close(self._wake_fd)
             self._wake_fd = -1
