@@ -299,6 +299,39 @@ cdef class _Sender:
                                     f"bytes), and the socket sets don't-fragment")
         raise OSError(-r, f"send to {where}: {os.strerror(-r)}")
 
+    cdef int send_echo(self, const ur_meta *meta, const unsigned char *arena,
+                       Py_ssize_t n) except -1:
+        """Every packet of meta[:n] back to its source: no Python object
+        per packet. Received payloads fit a datagram of their family."""
+        cdef Py_ssize_t i
+        cdef size_t total = 0
+        cdef ur_peer to
+        cdef ur_replies temp
+        cdef unsigned failed
+        for i in range(n):
+            _reply_peer(&to, &meta[i])
+            self.check_peer(&to, meta[i].length, "replies")
+            total += meta[i].length
+        if not self.prepared:
+            self.prepare()
+        if self.queueing():
+            for i in range(n):
+                _reply_peer(&to, &meta[i])
+                self.enqueue(&to, arena + meta[i].offset, meta[i].length)
+            return 0
+        if ur_replies_init(&temp, self.family, max(n, 1), max(total, 1), self.can_gso) < 0:
+            raise MemoryError()
+        try:
+            for i in range(n):
+                _reply_peer(&to, &meta[i])
+                ur_replies_add(&temp, &to, arena + meta[i].offset, meta[i].length)
+            with nogil:
+                failed = ur_replies_flush(&temp, self.fd, &self.c)
+            self.settled(&temp, <unsigned>n, failed)
+        finally:
+            ur_replies_free(&temp)
+        return 0
+
     cdef int send_all(self, ur_peer *peers, list payloads, str name) except -1:
         """payloads[i] (None: nothing) to peers[i], in sendmmsg calls. Every
         payload is checked before any is sent."""
@@ -606,6 +639,10 @@ cdef class Batch:
         Every entry is checked before any is sent."""
         cdef Py_ssize_t i
         cdef ur_peer *peers
+        if replies is self:  # an echo, straight from the receive arena
+            self._slab.sender.send_echo(&self._slab.meta[self._start], self._slab.arena,
+                                        self._count)
+            return
         payloads = replies if type(replies) is list else list(replies)
         if len(payloads) != self._count:
             raise ValueError(f"replies must have one entry per packet ({self._count}), "
