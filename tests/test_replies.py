@@ -7,7 +7,6 @@ import errno
 import gc
 import json
 import logging
-import os
 import shutil
 import socket
 import subprocess
