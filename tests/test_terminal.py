@@ -56,9 +56,10 @@ def _row(lines: list[str], name: str) -> list[str]:
 def test_top_shows_who_sends_to_the_port():
     term = Terminal("listen", ":0", "--top", "--min-size", "8", "--status-interval", "0.1")
     port = term.port()
-    # Three senders to two local addresses, of three sizes; two runts filtered.
+    # Three hosts to two local addresses, of three sizes; two runts filtered.
     send(("127.0.0.1", port), [b"a" * 100] * 30, source="127.0.0.2")
-    send(("127.0.0.1", port), [b"b" * 1000] * 10, source="127.0.0.3")
+    for _ in range(2):  # two source ports
+        send(("127.0.0.1", port), [b"b" * 1000] * 5, source="127.0.0.3")
     send(("::1", port), [b"c" * 10] * 5, family=socket.AF_INET6)
     send(("127.0.0.1", port), [b"x"] * 2)
     assert term.read_until(lambda t: _row(t.lines, "[::1]:%d" % port)[2:3] == ["5"]), \
@@ -67,9 +68,9 @@ def test_top_shows_who_sends_to_the_port():
     sources = [line.split()[0] for line in lines[lines.index(next(
         l for l in lines if l.startswith("SOURCE"))) + 1:][:3]]
     assert sources == ["127.0.0.2", "127.0.0.3", "::1"]  # by packets
-    assert _row(lines, "127.0.0.2")[2:6] == ["30", "66.7", "3.0", "kB"]
-    assert _row(lines, "127.0.0.3")[2:6] == ["10", "22.2", "10.0", "kB"]
-    assert _row(lines, "::1")[2:6] == ["5", "11.1", "50", "B"]
+    assert _row(lines, "127.0.0.2")[2:7] == ["30", "66.7", "3.0", "kB", "1"]
+    assert _row(lines, "127.0.0.3")[2:7] == ["10", "22.2", "10.0", "kB", "2"]
+    assert _row(lines, "::1")[2:7] == ["5", "11.1", "50", "B", "1"]
     assert _row(lines, f"127.0.0.1:{port}")[1:4] == ["lo", "40", "88.9"]
     assert _row(lines, f"[::1]:{port}")[1:3] == ["lo", "5"]
     sizes = {line.split()[0]: line.split()[1] for line in lines

@@ -26,6 +26,8 @@ from udp_reader.status import _human
 # Ethernet payload (1500) and jumbo frames (9000).
 SIZE_EDGES = (64, 128, 256, 512, 1024, 1500, 9000)
 FOLD_ROWS = 1 << 14  # rows tallied per numpy pass
+HOST_KEY = 24        # key bytes naming a host: family and address, uint64 each
+NAME = 28            # width of the name column: 80 columns hold a row
 MAX_KEYS = 100_000   # past this, the smallest keys are merged into "others"
 HOME, CLEAR_TO_END_OF_LINE, CLEAR_BELOW = "\x1b[H", "\x1b[K", "\x1b[J"
 CLEAR_SCREEN, HIDE_CURSOR, SHOW_CURSOR = "\x1b[2J", "\x1b[?25l", "\x1b[?25h"
@@ -72,10 +74,20 @@ class Tally:
                 self.others[0] += p
                 self.others[1] += b
 
-    def top(self, n: int) -> List[Tuple[bytes, int, int]]:
+    def by(self, prefix: int) -> Dict[bytes, List[int]]:
+        """Totals per key prefix of `prefix` bytes: [packets, bytes, keys]."""
         self.fold()
-        ranked = sorted(self.totals.items(), key=lambda kv: (-kv[1][0], -kv[1][1]))
-        return [(key, p, b) for key, (p, b) in ranked[:n]]
+        grouped: Dict[bytes, List[int]] = {}
+        for key, (p, b) in self.totals.items():
+            entry = grouped.setdefault(key[:prefix], [0, 0, 0])
+            entry[0] += p
+            entry[1] += b
+            entry[2] += 1
+        return grouped
+
+
+def top(grouped: Dict[bytes, List[int]], n: int) -> List[Tuple[bytes, List[int]]]:
+    return sorted(grouped.items(), key=lambda kv: (-kv[1][0], -kv[1][1]))[:n]
 
 
 def _address(family: int, raw: bytes) -> str:
@@ -85,7 +97,7 @@ def _address(family: int, raw: bytes) -> str:
 
 
 def source_name(key: bytes) -> str:
-    """A source key: family, then the 16 address bytes."""
+    """A source host: family, then the 16 address bytes."""
     return _address(int.from_bytes(key[:8], "little"), key[8:24])
 
 
@@ -98,11 +110,13 @@ def destination_name(key: bytes, port: int) -> str:
 
 
 def _columns(records: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-    """Source and destination keys of batch records as (n, 3) and (n, 4) uint64."""
+    """Source keys (family, address, port) and destination keys (family,
+    address, interface) of batch records, as (n, 4) uint64 each."""
     n = len(records)
-    src = np.empty((n, 3), dtype=np.uint64)
+    src = np.empty((n, 4), dtype=np.uint64)
     src[:, 0] = records["family"]
-    src[:, 1:] = np.ascontiguousarray(records["src_addr"]).view("<u8")
+    src[:, 1:3] = np.ascontiguousarray(records["src_addr"]).view("<u8")
+    src[:, 3] = records["src_port"]
     dst = np.empty((n, 4), dtype=np.uint64)
     dst[:, 0] = records["family"]
     dst[:, 1:3] = np.ascontiguousarray(records["dst_addr"]).view("<u8")
@@ -180,13 +194,13 @@ class TopView:
         now, stats = time.monotonic(), self._stats()
         with self._lock:
             sizes = self.sizes.copy()
-            destinations = self.destinations.top(3)
-            sources = self.sources.top(max(3, height - 14 - int(np.count_nonzero(sizes))))
+            destinations = top(self.destinations.by(HOST_KEY + 8), 3)
+            hosts = self.sources.by(HOST_KEY)  # a host's ports summed
             others = list(self.sources.others)
-            counts = {key: entry[0] for key, entry in self.sources.totals.items()}
+        sources = top(hosts, max(3, height - 14 - int(np.count_nonzero(sizes))))
         then, before, seen = self._last
         seconds = max(now - then, 1e-9)
-        self._last = (now, stats, counts)
+        self._last = (now, stats, {key: entry[0] for key, entry in hosts.items()})
         total = max(int(sizes.sum()), 1)
         lines = [
             f"{self._title}   up {now - self._started:.0f} s",
@@ -196,18 +210,19 @@ class TopView:
             f"total {stats.received} pkt {_human(stats.bytes, 'B')}   "
             f"filtered {stats.too_short + stats.too_long}   kernel drops {stats.kernel_drops}",
             "",
-            f"{'SOURCE':<40} {'pkt/s':>9} {'packets':>11} {'%':>6} {'bytes':>10}",
+            f"{'SOURCE':<{NAME}} {'pkt/s':>9} {'packets':>11} {'%':>6} {'bytes':>10} "
+            f"{'ports':>6}",
         ]
-        for key, p, b in sources:
+        for key, (p, b, ports) in sources:
             rate = (p - seen.get(key, 0)) / seconds
-            lines.append(f"{source_name(key):<40} {rate:>9.0f} {p:>11} "
-                         f"{100 * p / total:>6.1f} {_human(b, 'B'):>10}")
+            lines.append(f"{source_name(key):<{NAME}} {rate:>9.0f} {p:>11} "
+                         f"{100 * p / total:>6.1f} {_human(b, 'B'):>10} {ports:>6}")
         if others[0]:
-            lines.append(f"{'(others)':<40} {'':>9} {others[0]:>11} "
+            lines.append(f"{'(others)':<{NAME}} {'':>9} {others[0]:>11} "
                          f"{100 * others[0] / total:>6.1f} {_human(others[1], 'B'):>10}")
-        lines += ["", f"{'DESTINATION':<40} {'':>9} {'packets':>11} {'%':>6} {'bytes':>10}"]
-        for key, p, b in destinations:
-            lines.append(f"{destination_name(key, self._port):<40} {'':>9} {p:>11} "
+        lines += ["", f"{'DESTINATION':<{NAME}} {'':>9} {'packets':>11} {'%':>6} {'bytes':>10}"]
+        for key, (p, b, _) in destinations:
+            lines.append(f"{destination_name(key, self._port):<{NAME}} {'':>9} {p:>11} "
                          f"{100 * p / total:>6.1f} {_human(b, 'B'):>10}")
         lines += ["", f"{'SIZE (bytes)':<14} {'packets':>11}"]
         most = max(int(sizes.max()), 1)
