@@ -110,26 +110,44 @@ class Sender(threading.Thread):
 
 
 class Notifications:
-    """A NOTIFY_SOCKET of our own: sd_notify messages from the masters."""
+    """A NOTIFY_SOCKET of our own: sd_notify messages from the masters, read
+    as they come by a thread (a manager that stops reading would make the
+    masters' messages be dropped)."""
 
     def __init__(self, directory: str) -> None:
         self.path = os.path.join(directory, "notify")
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.bind(self.path)
+        self.messages: list = []
+        self._seen = 0
+        self._new = threading.Condition()
+        threading.Thread(target=self._read, daemon=True).start()
 
-    def wait_for(self, predicate, timeout: float = DEADLINE) -> dict:
-        """The first message (as a dict) that satisfies `predicate`."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            self.sock.settimeout(max(0.01, deadline - time.monotonic()))
+    def _read(self) -> None:
+        while True:
             try:
                 data = self.sock.recv(4096).decode()
-            except socket.timeout:
-                break
-            message = dict(line.split("=", 1) for line in data.splitlines() if "=" in line)
-            if predicate(message):
-                return message
-        raise TimeoutError("no matching sd_notify message")
+            except OSError:
+                return
+            with self._new:
+                self.messages.append(
+                    dict(line.split("=", 1) for line in data.splitlines() if "=" in line))
+                self._new.notify_all()
+
+    def wait_for(self, predicate, timeout: float = DEADLINE) -> dict:
+        """The first message not looked at yet (as a dict) that satisfies
+        `predicate`; those before it are passed over."""
+        deadline = time.monotonic() + timeout
+        with self._new:
+            while True:
+                while self._seen < len(self.messages):
+                    message = self.messages[self._seen]
+                    self._seen += 1
+                    if predicate(message):
+                        return message
+                left = deadline - time.monotonic()
+                if left <= 0 or not self._new.wait(left):
+                    raise TimeoutError("no matching sd_notify message")
 
     def ready(self, **expected) -> dict:
         return self.wait_for(lambda m: m.get("READY") == "1" and all(

@@ -177,3 +177,14 @@ def test_notify(monkeypatch, abstract):
         assert manager.recv(1024).startswith(b"RELOADING=1\nMONOTONIC_USEC=")
     monkeypatch.delenv("NOTIFY_SOCKET")
     assert systemd.notify("READY=1") is False
+
+
+def test_notify_never_blocks_on_a_manager_that_stopped_reading(monkeypatch):
+    with tempfile.TemporaryDirectory() as d, \
+            socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as manager:
+        manager.bind(os.path.join(d, "notify"))
+        monkeypatch.setenv("NOTIFY_SOCKET", os.path.join(d, "notify"))
+        # The manager reads nothing: its queue fills, and then a message is
+        # dropped rather than the sender kept waiting.
+        sent = [systemd.notify(f"STATUS={i}") for i in range(5000)]
+    assert sent[0] is True and sent[-1] is False

@@ -3,12 +3,15 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import time
 from typing import List, Tuple
 
 SD_LISTEN_FDS_START = 3
+
+log = logging.getLogger("udp_reader")
 
 
 def listen_fds(unset_environment: bool = True) -> List[Tuple[str, socket.socket]]:
@@ -36,15 +39,20 @@ def listen_fds(unset_environment: bool = True) -> List[Tuple[str, socket.socket]
 def notify(*states: str) -> bool:
     """Send states ("READY=1", "STATUS=...") to the service manager.
     Returns False when not run under a manager that listens (no
-    NOTIFY_SOCKET)."""
+    NOTIFY_SOCKET), or when it does not take the message now: a manager
+    that stopped reading must never block the caller."""
     path = os.environ.get("NOTIFY_SOCKET")
     if not path:
         return False
     if path.startswith("@"):
         path = "\0" + path[1:]
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
-        s.connect(path)
-        s.sendall("\n".join(states).encode())
+        try:
+            s.connect(path)
+            s.send("\n".join(states).encode(), socket.MSG_DONTWAIT)
+        except OSError as e:
+            log.debug("sd_notify to %s failed: %s", path.lstrip("\0"), e.strerror or e)
+            return False
     return True
 
 

@@ -32,7 +32,7 @@ import subprocess
 import time
 from typing import Deque, Dict, Iterator, List, Optional, Tuple
 
-from udp_reader import handoff, sockets, systemd
+from udp_reader import handoff, multicast, sockets, systemd
 from udp_reader.serve import privileges, protocol, statusfile, steering, upgrade
 from udp_reader.serve import metrics  # --metrics
 from udp_reader.serve.config import Config
@@ -166,6 +166,10 @@ class Arbiter:
 
     def _open_listeners(self) -> None:
         c = self.config
+        if c.join and not self.shared:  # --join: see _join_groups
+            log.info("--join: the workers share one socket, so each multicast datagram is "
+                     "handled once (every socket on the port gets its own copy)")
+            self.shared = True
         self.predecessor, handed = upgrade.inherited()
         if not handed and c.takeover_dir:
             conn, handed = upgrade.take_over(c.takeover_dir)
@@ -182,6 +186,7 @@ class Arbiter:
                 raise StartError("no address: give --bind or start under socket activation")
             shared = self._new_listener() if self.shared else None
             self.slots = [Slot(i, shared or self._new_listener()) for i in range(self.target)]
+            self._join_groups()
             return
         for h in handed:
             sockets.check_udp(h.sock)
@@ -199,12 +204,31 @@ class Arbiter:
             for extra in handed[1:]:
                 extra.sock.close()
             self.slots = [Slot(i, first) for i in range(self.target)]
+            self._join_groups()
             return
         for h in handed:
             assert h.slot is not None
             self.slots.append(Slot(h.slot, Listener(h.sock)))
         self.target = max(self.target, len(self.slots))
         self._add_missing_slots()
+
+    def _join_groups(self) -> None:
+        """--join, on the shared socket. Memberships belong to the socket, so
+        they pass with it to every worker and to a new master (USR2,
+        --takeover), which finds them already joined."""
+        if not self.config.join:
+            return
+        listener = self.slots[0].listener
+        bound = listener.unbound[0] if listener.unbound is not None else None
+        groups = multicast.Memberships(listener.sock, bound_host=bound)
+        for m in self.config.join:
+            try:
+                joined = groups.join(m.group, interface=m.interface, source=m.source,
+                                     rejoin=True)
+            except (ValueError, OSError) as e:
+                raise StartError(f"--join {m}: {_text(e) if isinstance(e, OSError) else e}") \
+                    from None
+            log.info("joined %s%s", m.describe(), "" if joined else " (the socket had it already)")
 
     def _new_listener(self) -> Listener:
         assert self.config.bind is not None  # sockets we bind come from --bind
@@ -828,8 +852,8 @@ class Arbiter:
                 log.warning("cannot write the status file: %s", _text(e))
 
     def _status(self) -> str:
-        serving = sum(1 for s in self.slots if s.worker is not None
-                      and s.worker.state is State.SERVING)
+        # A slot whose worker hands over to its successor still has a reader.
+        serving = sum(1 for s in self.slots if s.worker is not None)
         return f"STATUS={serving} workers on {self.address}"
 
     def _tell_status(self) -> None:
