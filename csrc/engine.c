@@ -100,6 +100,29 @@ static int cmsg_holds(const struct msghdr *h, const struct cmsghdr *cm,
     return cm->cmsg_len >= CMSG_LEN(size) && CMSG_DATA(cm) + size <= end;
 }
 
+/* TTL/hop limit and TOS/traffic class (IP_RECVTTL, IP_RECVTOS,
+ * IPV6_RECVHOPLIMIT, IPV6_RECVTCLASS).  IP_TOS carries one byte; the
+ * others an int. */
+static void take_ip_field(ur_meta *m, const struct msghdr *h,
+                          const struct cmsghdr *cm)
+{
+    int value;
+
+    if (cm->cmsg_level == IPPROTO_IP && cm->cmsg_type == IP_TOS) {
+        if (cmsg_holds(h, cm, 1))
+            m->tos = *CMSG_DATA(cm);
+        return;
+    }
+    if (!cmsg_holds(h, cm, sizeof value))
+        return;
+    memcpy(&value, CMSG_DATA(cm), sizeof value);
+    if ((cm->cmsg_level == IPPROTO_IP && cm->cmsg_type == IP_TTL) ||
+        (cm->cmsg_level == IPPROTO_IPV6 && cm->cmsg_type == IPV6_HOPLIMIT))
+        m->ttl = (uint8_t)value;
+    else if (cm->cmsg_level == IPPROTO_IPV6 && cm->cmsg_type == IPV6_TCLASS)
+        m->tos = (uint8_t)value;
+}
+
 /* Read the control messages of one datagram into its record; returns the
  * GRO segment size, 0 when the datagram is not merged. */
 static uint32_t take_control(ur_engine *e, ur_meta *m, struct msghdr *h,
@@ -150,6 +173,9 @@ static uint32_t take_control(ur_engine *e, ur_meta *m, struct msghdr *h,
             memcpy(&size, CMSG_DATA(cm), sizeof size);
             if (size > 0)
                 segment = (uint32_t)size;
+        } else if (cm->cmsg_level == IPPROTO_IP || cm->cmsg_level == IPPROTO_IPV6) {
+            /* Last in the chain: these arrive only with ip_fields. */
+            take_ip_field(m, h, cm);
         }
     }
     return segment;

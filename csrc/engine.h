@@ -18,7 +18,8 @@ typedef struct ur_meta {
     uint16_t segment;       /* GRO segment size of a merged receive, else 0 */
     uint16_t family;        /* AF_INET or AF_INET6 */
     uint16_t src_port;      /* host byte order */
-    uint16_t reserved;
+    uint8_t ttl;            /* IPv4 TTL or IPv6 hop limit, with ip_fields */
+    uint8_t tos;            /* IPv4 TOS or IPv6 traffic class (ECN: low 2 bits) */
     uint8_t src[16];
     uint8_t dst[16];
     uint32_t reserved2;
@@ -49,7 +50,10 @@ typedef struct ur_engine {
 } ur_engine;
 
 /* Bytes of control data per message: room for every option we enable at
- * once, so MSG_CTRUNC only ever means a kernel surprise. */
+ * once, so MSG_CTRUNC only ever means a kernel surprise.  The most that
+ * arrives together, an IPv4 datagram on a dual-stack socket on x86-64:
+ * IPV6_PKTINFO 40 + SCM_TIMESTAMPNS 32 + SO_RXQ_OVFL 24 + UDP_GRO 24 +
+ * IP_TTL 24 + IP_TOS 24 = 168 bytes (an AF_INET socket: IP_PKTINFO 32). */
 #define UR_CONTROL_SIZE 256
 /* A merged receive: at most 64 KiB, of at most UDP_MAX_SEGMENTS (128 on
  * current kernels) segments. */

@@ -12,7 +12,7 @@ def test_defaults_are_the_readers():
     options = ReaderOptions()
     assert options.as_kwargs() == {
         "min_size": 0, "max_size": MAX_PAYLOAD, "batch_size": DEFAULT_BATCH,
-        "rcvbuf": DEFAULT_RCVBUF, "gro": False, "timestamps": False}
+        "rcvbuf": DEFAULT_RCVBUF, "gro": False, "timestamps": False, "ip_fields": False}
     with Reader("127.0.0.1:0", **options.as_kwargs()) as reader:
         assert (reader.min_size, reader.max_size, reader.batch_size) == (0, MAX_PAYLOAD,
                                                                          DEFAULT_BATCH)
@@ -30,6 +30,7 @@ def test_defaults_are_the_readers():
     ({"rcvbuf": 1 << 40}, ValueError, "rcvbuf must be at most"),
     ({"gro": 1}, TypeError, "gro must be a bool, not 1"),
     ({"timestamps": None}, TypeError, "timestamps must be a bool, not None"),
+    ({"ip_fields": 1}, TypeError, "ip_fields must be a bool, not 1"),
 ])
 def test_wrong_options_name_the_argument(kwargs, error, message):
     with pytest.raises(error) as info:
@@ -53,9 +54,10 @@ def parse(*argv: str, gro: bool = True) -> argparse.Namespace:
 
 def test_flags_build_options():
     args = parse("--min-size", "8", "--max-size", "1500", "--batch-size", "32",
-                 "--rcvbuf", "1048576", "--no-gro")
+                 "--rcvbuf", "1048576", "--no-gro", "--ip-fields")
     assert ReaderOptions.from_args(args, timestamps=True) == ReaderOptions(
-        min_size=8, max_size=1500, batch_size=32, rcvbuf=1 << 20, gro=False, timestamps=True)
+        min_size=8, max_size=1500, batch_size=32, rcvbuf=1 << 20, gro=False, timestamps=True,
+        ip_fields=True)
     assert ReaderOptions.from_args(parse()) == ReaderOptions(gro=True)
     assert ReaderOptions.from_args(parse(gro=False)) == ReaderOptions(gro=False)
     with pytest.raises(SystemExit):

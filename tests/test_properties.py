@@ -86,7 +86,7 @@ def cmsg(level: int, kind: int, data: bytes, claimed: int | None = None) -> byte
 
 
 LEVELS = [socket.SOL_SOCKET, socket.IPPROTO_IP, socket.IPPROTO_IPV6, socket.IPPROTO_UDP, 99]
-TYPES = [8, 50, 35, 40, 104, 0, 255]
+TYPES = [8, 50, 35, 40, 104, 0, 255, 1, 2, 52, 67]  # ... IP_TOS, IP_TTL, IPV6_HOPLIMIT, IPV6_TCLASS
 control_messages = st.lists(
     st.builds(cmsg, st.sampled_from(LEVELS), st.sampled_from(TYPES),
               st.binary(max_size=40), st.one_of(st.none(), st.integers(0, 400))),

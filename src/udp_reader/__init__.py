@@ -6,11 +6,12 @@ from typing import Any, Callable
 
 from udp_reader._core import Batch, Packet, Reader, SendFailure, Stats
 from udp_reader.answering import answering
+from udp_reader.multicast import Membership
 from udp_reader.options import ReaderOptions
 from udp_reader.sockets import Address
 
-__all__ = ["Batch", "Packet", "Reader", "ReaderOptions", "SendFailure", "Stats", "answering",
-           "listen"]
+__all__ = ["Batch", "Membership", "Packet", "Reader", "ReaderOptions", "SendFailure", "Stats",
+           "answering", "listen"]
 __version__ = "0.1.0"
 
 

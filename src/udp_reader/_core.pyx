@@ -28,7 +28,7 @@ import os
 import socket
 import time
 
-from udp_reader import sockets
+from udp_reader import multicast, sockets
 from udp_reader.options import DEFAULT_BATCH, DEFAULT_RCVBUF, MAX_PAYLOAD, ReaderOptions
 
 cdef extern from "<arpa/inet.h>" nogil:
@@ -460,6 +460,7 @@ cdef class _Slab:
     cdef unsigned char *arena
     cdef Py_ssize_t meta_bytes
     cdef _Sender sender  # where its packets' replies go
+    cdef bint ip_fields  # its records hold TTL and TOS
 
     def __cinit__(self, Py_ssize_t records, Py_ssize_t arena_bytes):
         self.meta_bytes = records * sizeof(ur_meta)
@@ -556,6 +557,24 @@ cdef class Packet:
         """socket.AF_INET or socket.AF_INET6 (IPv4 on a dual-stack socket is AF_INET)."""
         return socket.AddressFamily(self._m.family)
 
+    @property
+    def ttl(self):
+        """The IPv4 TTL or IPv6 hop limit the datagram arrived with, or None
+        unless the reader was made with ip_fields=True."""
+        return self._m.ttl if self._slab.ip_fields else None
+
+    @property
+    def tos(self):
+        """The IPv4 TOS byte or IPv6 traffic class (DSCP << 2 | ECN), or None
+        unless the reader was made with ip_fields=True."""
+        return self._m.tos if self._slab.ip_fields else None
+
+    @property
+    def ecn(self):
+        """The ECN codepoint, the low two bits of tos (0 not ECN-capable,
+        1 ECT(1), 2 ECT(0), 3 CE), or None unless ip_fields=True."""
+        return self._m.tos & 3 if self._slab.ip_fields else None
+
     def __repr__(self):
         host, port = self.src
         return (f"<Packet {sockets.format_address(host, port)} -> {self.dst} "
@@ -592,6 +611,8 @@ cdef dict _meta_layout():
         ("segment", "<u2", <char *>&m.segment - base),
         ("family", "<u2", <char *>&m.family - base),
         ("src_port", "<u2", <char *>&m.src_port - base),
+        ("ttl", "u1", <char *>&m.ttl - base),
+        ("tos", "u1", <char *>&m.tos - base),
         ("src_addr", ("u1", 16), <char *>&m.src - base),
         ("dst_addr", ("u1", 16), <char *>&m.dst - base),
     ]
@@ -605,9 +626,9 @@ cdef class Batch:
 
     Index or iterate for Packets; or work on whole columns with numpy:
     `records` (one structured row per packet), `lengths`, `offsets`,
-    `ifindex`, `src_port`, `src_addr`, `dst_addr`, `payload` (the arena the
-    offsets point into) and `payloads(width)`. The arrays are read-only
-    views; nothing is copied.
+    `ifindex`, `src_port`, `src_addr`, `dst_addr`, `ttl` and `tos` (with
+    ip_fields), `payload` (the arena the offsets point into) and
+    `payloads(width)`. The arrays are read-only views; nothing is copied.
     """
     cdef _Slab _slab
     cdef Py_ssize_t _start
@@ -682,6 +703,18 @@ cdef class Batch:
         return self.records["src_port"]
 
     @property
+    def ttl(self):
+        """TTLs (IPv4) and hop limits (IPv6) as uint8, or None unless the
+        reader was made with ip_fields=True."""
+        return self.records["ttl"] if self._slab.ip_fields else None
+
+    @property
+    def tos(self):
+        """TOS bytes (IPv4) and traffic classes (IPv6) as uint8, ECN in the
+        low two bits, or None unless the reader was made with ip_fields=True."""
+        return self.records["tos"] if self._slab.ip_fields else None
+
+    @property
     def src_addr(self):
         """Sender addresses as (n, 16) uint8 rows; IPv4 in the first 4 bytes."""
         return self.records["src_addr"]
@@ -738,6 +771,10 @@ cdef class Reader:
     `rcvbuf` sets the receive buffer of a socket opened here; a socket handed
     in (`fileno`, from_socket()) is only ever raised to it, never shrunk.
     rcvbuf=None leaves the buffer as it is.
+
+    `ip_fields` reads every packet's TTL and TOS (packet.ttl, .tos, .ecn).
+    `join` lists multicast groups to join, as join() takes them or in the
+    notation [SOURCE>]GROUP[@INTERFACE] (see udp_reader.multicast).
     """
     cdef ur_engine _engine
     cdef ur_counters _c
@@ -757,6 +794,8 @@ cdef class Reader:
     cdef object _shed_peer
     cdef double _deadline
     cdef _Sender _sender
+    cdef bint _ip_fields
+    cdef object _groups  # multicast.Memberships, from the first join
 
     def __cinit__(self):
         self._fd = -1
@@ -765,9 +804,18 @@ cdef class Reader:
 
     def __init__(self, address=None, *, min_size=0, max_size=MAX_PAYLOAD,
                  batch_size=DEFAULT_BATCH, bint reuseport=True, rcvbuf=DEFAULT_RCVBUF,
-                 timestamps=False, gro=False, fileno=None):
+                 timestamps=False, gro=False, ip_fields=False, join=(), fileno=None):
         options = ReaderOptions(min_size=min_size, max_size=max_size, batch_size=batch_size,
-                                rcvbuf=rcvbuf, gro=gro, timestamps=timestamps)
+                                rcvbuf=rcvbuf, gro=gro, timestamps=timestamps,
+                                ip_fields=ip_fields)
+        if isinstance(join, (str, multicast.Membership)):
+            raise TypeError(f"join must be a list of memberships, not {join!r}")
+        memberships = []
+        for i, entry in enumerate(join or ()):
+            try:
+                memberships.append(multicast.parse(entry))
+            except (TypeError, ValueError) as e:
+                raise type(e)(f"join[{i}]: {e}") from None
         if (address is None) == (fileno is None):
             raise TypeError("give exactly one of address or fileno")
         if fileno is not None:
@@ -786,6 +834,9 @@ cdef class Reader:
         try:
             if options.timestamps:
                 sockets.enable_timestamps(sock)
+            if options.ip_fields:
+                sockets.enable_ip_fields(sock)
+            self._ip_fields = options.ip_fields
             gro = options.gro and sockets.enable_gro(sock)
             if ur_engine_init(&self._engine, options.batch_size, options.min_size,
                               options.max_size, gro) < 0:
@@ -797,6 +848,13 @@ cdef class Reader:
             self._sender.setup(sock, options.batch_size)
             self._slab = self._new_slab()
             self._wake_fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+            if memberships:
+                self._groups = multicast.Memberships(sock)
+                for i, m in enumerate(memberships):
+                    try:
+                        self._groups.join(m.group, interface=m.interface, source=m.source)
+                    except (TypeError, ValueError) as e:
+                        raise type(e)(f"join[{i}] {str(m)!r}: {e}") from None
         except BaseException:
             sock.close()
             raise
@@ -824,6 +882,7 @@ cdef class Reader:
     cdef _Slab _new_slab(self):
         cdef _Slab slab = _Slab(self._engine.max_records, ur_engine_arena_size(&self._engine))
         slab.sender = self._sender
+        slab.ip_fields = self._ip_fields
         return slab
 
     # -- properties ---------------------------------------------------------
@@ -867,8 +926,44 @@ cdef class Reader:
         return bool(self._engine.gro)
 
     @property
+    def ip_fields(self):
+        """True when every packet's TTL and TOS are read (ip_fields=True)."""
+        return bool(self._ip_fields)
+
+    @property
     def closed(self):
         return self._fd < 0
+
+    # -- multicast --------------------------------------------------------------
+
+    def join(self, group, *, interface=None, source=None):
+        """Join a multicast group: from any source, or only from `source`
+        (source-specific); on `interface` (a name, an index, an IPv4 address,
+        or "*" for every interface that is up and multicast-capable), else
+        where the kernel routes the group. The socket gets only the groups it
+        joined (IP_MULTICAST_ALL is off). Joining twice, a source-specific
+        join of a group joined for any source (the kernel would narrow it
+        silently) and an unknown interface raise ValueError."""
+        self._check_open()
+        if self._groups is None:
+            self._groups = multicast.Memberships(self._sock)
+        self._groups.join(group, interface=interface, source=source)
+
+    def leave(self, group, *, interface=None, source=None):
+        """Leave a group joined with join(): from `source` only, when given;
+        else every source. interface="*" leaves it wherever it was joined.
+        A group not joined raises ValueError."""
+        self._check_open()
+        if self._groups is None:
+            self._groups = multicast.Memberships(self._sock)
+        self._groups.leave(group, interface=interface, source=source)
+
+    @property
+    def memberships(self):
+        """The groups joined through this reader, as multicast.Membership
+        tuples: one per interface (an index, an IPv4 address, or None for the
+        kernel's choice) and source."""
+        return [] if self._groups is None else list(self._groups)
 
     @property
     def stats(self):
@@ -1189,7 +1284,7 @@ def _engine_feed(bytes control, bytes name, uint32_t length, int flags, *,
     `last_ovfl` the drop count the engine saw last.
 
     Returns (records, counters): records as dicts of offset, length, segment,
-    family, src_port, ifindex; counters as a dict, with the engine's
+    family, src_port, ifindex, ttl, tos; counters as a dict, with the engine's
     last_ovfl after the datagram."""
     cdef ur_engine engine
     cdef ur_counters c
@@ -1210,7 +1305,8 @@ def _engine_feed(bytes control, bytes name, uint32_t length, int flags, *,
             raise MemoryError()
         records = [{"offset": meta[i].offset, "length": meta[i].length,
                     "segment": meta[i].segment, "family": meta[i].family,
-                    "src_port": meta[i].src_port, "ifindex": meta[i].ifindex}
+                    "src_port": meta[i].src_port, "ifindex": meta[i].ifindex,
+                    "ttl": meta[i].ttl, "tos": meta[i].tos}
                    for i in range(n)]
         return records, {"received": c.received, "too_short": c.too_short,
                          "too_long": c.too_long, "ctrunc": c.ctrunc,

@@ -11,6 +11,8 @@ cdef extern from "engine.h" nogil:
         uint16_t segment
         uint16_t family
         uint16_t src_port
+        uint8_t ttl
+        uint8_t tos
         uint8_t src[16]
         uint8_t dst[16]
 

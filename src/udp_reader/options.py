@@ -48,6 +48,7 @@ class ReaderOptions:
     rcvbuf: Optional[int] = DEFAULT_RCVBUF
     gro: bool = False
     timestamps: bool = False
+    ip_fields: bool = False  # TTL and TOS of every packet (two control messages more)
 
     def __post_init__(self) -> None:
         _int("min_size", self.min_size, 0, _SIZE_LIMIT)
@@ -65,15 +66,17 @@ class ReaderOptions:
                 raise ValueError(f"rcvbuf must be at most {_RCVBUF_LIMIT}, not {self.rcvbuf}")
         _bool("gro", self.gro)
         _bool("timestamps", self.timestamps)
+        _bool("ip_fields", self.ip_fields)
 
     def as_kwargs(self) -> Dict[str, Any]:
         """The options as keywords for Reader(**...)."""
         return dataclasses.asdict(self)
 
     @staticmethod
-    def add_arguments(parser: argparse.ArgumentParser, *, gro: bool = True) -> None:
-        """Add --min-size, --max-size, --batch-size, --rcvbuf and (with
-        `gro`) --no-gro; from_args() checks them."""
+    def add_arguments(parser: argparse.ArgumentParser, *, gro: bool = True,
+                      ip_fields: bool = True) -> None:
+        """Add --min-size, --max-size, --batch-size, --rcvbuf, (with `gro`)
+        --no-gro and (with `ip_fields`) --ip-fields; from_args() checks them."""
         parser.add_argument("--min-size", type=int, default=0, metavar="N",
                             help="drop datagrams shorter than N bytes (default 0)")
         parser.add_argument("--max-size", type=int, default=MAX_PAYLOAD, metavar="N",
@@ -87,6 +90,10 @@ class ReaderOptions:
         if gro:
             parser.add_argument("--no-gro", dest="gro", action="store_false",
                                 help="do not ask the kernel for merged receives (UDP_GRO)")
+        if ip_fields:
+            parser.add_argument("--ip-fields", action="store_true",
+                                help="read every packet's TTL (hop limit) and TOS (traffic "
+                                     "class): packet.ttl, .tos, .ecn")
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, **fields: Any) -> "ReaderOptions":
@@ -95,7 +102,8 @@ class ReaderOptions:
         own spelling, one line for the command to print."""
         given = {"min_size": args.min_size, "max_size": args.max_size,
                  "batch_size": args.batch_size, "rcvbuf": args.rcvbuf,
-                 "gro": getattr(args, "gro", False), **fields}
+                 "gro": getattr(args, "gro", False),
+                 "ip_fields": getattr(args, "ip_fields", False), **fields}
         try:
             return cls(**given)
         except (TypeError, ValueError) as e:

@@ -23,6 +23,12 @@ SO_MEMINFO = getattr(socket, "SO_MEMINFO", 55)
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
 UDP_GRO = getattr(socket, "UDP_GRO", 104)
 UDP_SEGMENT = getattr(socket, "UDP_SEGMENT", 103)
+IP_RECVTTL = getattr(socket, "IP_RECVTTL", 12)
+IP_RECVTOS = getattr(socket, "IP_RECVTOS", 13)
+IPV6_RECVHOPLIMIT = getattr(socket, "IPV6_RECVHOPLIMIT", 51)
+IPV6_RECVTCLASS = getattr(socket, "IPV6_RECVTCLASS", 66)
+IP_MULTICAST_ALL = getattr(socket, "IP_MULTICAST_ALL", 49)
+IPV6_MULTICAST_ALL = getattr(socket, "IPV6_MULTICAST_ALL", 29)
 _SK_MEMINFO_DROPS = 8
 
 
@@ -140,12 +146,39 @@ def check_udp(sock: socket.socket) -> None:
 
 
 def enable_metadata(sock: socket.socket) -> None:
-    """Ask for the destination address, interface and drop count of every packet."""
+    """Ask for the destination address, interface and drop count of every
+    packet, and only the multicast groups this socket joins."""
     if sock.family == socket.AF_INET6:
         sock.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVPKTINFO, 1)
     else:
         sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
     sock.setsockopt(socket.SOL_SOCKET, SO_RXQ_OVFL, 1)
+    own_groups_only(sock)
+
+
+def own_groups_only(sock: socket.socket) -> None:
+    """Turn off IP_MULTICAST_ALL (and IPV6_MULTICAST_ALL): by default a socket
+    bound to every address gets the datagrams of every group any socket of
+    the host joined on its port, not only its own."""
+    options = [(socket.IPPROTO_IP, IP_MULTICAST_ALL)]  # IPv4 on a dual-stack socket too
+    if sock.family == socket.AF_INET6:
+        options.append((socket.IPPROTO_IPV6, IPV6_MULTICAST_ALL))
+    for level, option in options:
+        try:
+            sock.setsockopt(level, option, 0)
+        except OSError as e:  # IPV6_MULTICAST_ALL came with Linux 4.20
+            if e.errno not in (errno.ENOPROTOOPT, errno.EINVAL):
+                raise
+
+
+def enable_ip_fields(sock: socket.socket) -> None:
+    """Ask for the TTL (hop limit) and TOS (traffic class) of every packet;
+    a dual-stack socket needs the IPv4 options for its IPv4 datagrams."""
+    sock.setsockopt(socket.IPPROTO_IP, IP_RECVTTL, 1)
+    sock.setsockopt(socket.IPPROTO_IP, IP_RECVTOS, 1)
+    if sock.family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVHOPLIMIT, 1)
+        sock.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVTCLASS, 1)
 
 
 def enable_timestamps(sock: socket.socket) -> None:
