@@ -166,10 +166,7 @@ class Arbiter:
 
     def _open_listeners(self) -> None:
         c = self.config
-        if c.join and not self.shared:  # --join: see _join_groups
-            log.info("--join: the workers share one socket, so each multicast datagram is "
-                     "handled once (every socket on the port gets its own copy)")
-            self.shared = True
+        self.shared = self.shared or bool(c.join)  # --join: see _join_groups
         self.predecessor, handed = upgrade.inherited()
         if not handed and c.takeover_dir:
             conn, handed = upgrade.take_over(c.takeover_dir)
@@ -229,6 +226,9 @@ class Arbiter:
                 raise StartError(f"--join {m}: {_text(e) if isinstance(e, OSError) else e}") \
                     from None
             log.info("joined %s%s", m.describe(), "" if joined else " (the socket had it already)")
+        if not self.config.shared:
+            log.info("--join: the workers share one socket, so each multicast datagram is "
+                     "handled once (every socket on the port gets its own copy)")
 
     def _new_listener(self) -> Listener:
         assert self.config.bind is not None  # sockets we bind come from --bind

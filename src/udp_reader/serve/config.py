@@ -6,9 +6,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
-from udp_reader import sockets
+from udp_reader import multicast, sockets
 from udp_reader.options import ReaderOptions
 from udp_reader.serve import steering
 
@@ -21,8 +21,9 @@ SIGNALS_HELP = """signals to the master:
 
 the handler finds its slot number (0, 1, ...) in UDP_READER_SLOT.
 
-example:
-  udp-reader serve myapp.udp:handle --bind :9000 --workers 2"""
+examples:
+  udp-reader serve myapp.udp:handle --bind :9000 --workers 2
+  udp-reader serve myapp.udp:handle --bind :5000 --workers 2 --join 239.1.2.3@eth0"""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,6 +48,7 @@ class Config:
     max_packets_jitter: int = 0
     steer: str = "hash"                 # see steering.py
     metrics: Optional[str] = None       # HOST:PORT for Prometheus (metrics.py)
+    join: Tuple[multicast.Membership, ...] = ()  # multicast groups: one shared socket
 
     def __post_init__(self) -> None:
         if self.workers < 1:
@@ -63,6 +65,13 @@ class Config:
             raise ValueError(f"--steer must be one of {', '.join(steering.MODES)}")
         if self.steer != "hash" and self.shared:
             raise ValueError(f"--steer {self.steer} needs a socket per worker, not --shared")
+        for i, m in enumerate(self.join):
+            if m in self.join[:i]:
+                raise ValueError(f"--join {m}: given twice")
+        if self.steer != "hash" and self.join:
+            raise ValueError(f"--steer {self.steer} needs a socket per worker, but --join "
+                             "serves one shared socket (every socket on the port would get "
+                             "its own copy of each multicast datagram)")
         cpus = len(os.sched_getaffinity(0))
         if self.steer == "cpu" and self.workers > cpus:
             raise ValueError(f"--steer cpu: {self.workers} workers but {cpus} CPU(s)")
@@ -84,7 +93,19 @@ class Config:
                    pid_file=args.pid_file, handoff_dir=args.handoff, takeover_dir=args.takeover,
                    user=args.user, group=args.group, timeout=args.timeout,
                    max_packets=args.max_packets, max_packets_jitter=args.max_packets_jitter,
-                   steer=args.steer, metrics=args.metrics)
+                   steer=args.steer, metrics=args.metrics, join=parse_joins(args.join))
+
+
+def parse_joins(specs: Optional[Sequence[str]]) -> Tuple[multicast.Membership, ...]:
+    """--join values (serve's and listen's); a wrong one is a ValueError
+    naming it."""
+    joins = []
+    for spec in specs or ():
+        try:
+            joins.append(multicast.parse(spec))
+        except ValueError as e:
+            raise ValueError(f"--join {spec}: {e}") from None
+    return tuple(joins)
 
 
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(Config)}
@@ -105,6 +126,10 @@ def add_parser(sub: "argparse._SubParsersAction") -> argparse.ArgumentParser:
                        help="worker processes (default %(default)s)")
     serve.add_argument("--shared", action="store_true",
                        help="all workers read one socket instead of one socket each")
+    serve.add_argument("--join", action="append", metavar="GROUP",
+                       help="join a multicast group, [SOURCE>]GROUP[@INTERFACE] (239.1.2.3@eth0, "
+                            "10.0.0.5>232.1.1.1@eth0, ff15::1@*); repeat for more. Implies "
+                            "--shared: each datagram is handled once")
     serve.add_argument("--batches", action="store_true",
                        help="call the handler once per received batch")
     ReaderOptions.add_arguments(serve)
