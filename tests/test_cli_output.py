@@ -24,13 +24,22 @@ from udp_reader import Reader
 PAYLOADS = [b"hello world\n", bytes(range(40)), b"", b"\xff" * 3, b"\0" * 100]
 
 
+TTL, TOS = 33, 0xb9  # what every packet is sent with: ECN 1, ECT(1)
+
+
 def listen_and_send(*args: str, family=socket.AF_INET, host="127.0.0.1"):
-    """Run `listen` for len(PAYLOADS) packets sent from one socket; returns
-    (stdout bytes, stderr text, source port)."""
+    """Run `listen` for len(PAYLOADS) packets sent from one socket with TTL
+    and TOS; returns (stdout bytes, stderr text, source port)."""
     proc, (_, port) = start("listen", f"[{host}]:0" if ":" in host else f"{host}:0",
                             "--count", str(len(PAYLOADS)), *args)
     with socket.socket(family, socket.SOCK_DGRAM) as s:
         s.bind((host, 0))
+        if family == socket.AF_INET:
+            s.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, TTL)
+            s.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, TOS)
+        else:
+            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, TTL)
+            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_TCLASS, TOS)
         for p in PAYLOADS:
             s.sendto(p, (host, port))
         source_port = s.getsockname()[1]
@@ -46,6 +55,7 @@ def test_jsonl_parses_back():
     for r in records:
         assert (r["src"], r["sport"], r["dst"], r["dport"], r["ifname"]) == \
             ("127.0.0.1", sport, "127.0.0.1", port, "lo")
+        assert (r["ttl"], r["tos"], r["ecn"]) == (TTL, TOS, 1)
         assert r["length"] == len(base64.b64decode(r["payload"]))
         assert abs(r["time"] - time.time()) < 3600
 
@@ -56,6 +66,9 @@ def test_hex_dump_is_what_hexdump_c_prints():
     if shutil.which("hexdump") is None:
         pytest.fail("hexdump is missing: .ci/run installs it (bsdextrautils)")
     out, _, _, _ = listen_and_send("--format", "hex")
+    heads = re.findall(r"^\S+ 127\.0\.0\.1:\d+ -> .*$", out.decode(), flags=re.M)
+    assert len(heads) == len(PAYLOADS)
+    assert all(f" ttl={TTL} tos=0xb9 ecn=1 " in head for head in heads)
     dumps = re.split(r"^\S+ 127\.0\.0\.1:\d+ -> .*$\n", out.decode(), flags=re.M)[1:]
     assert len(dumps) == len(PAYLOADS)
     for dump, payload in zip(dumps, PAYLOADS):
@@ -70,6 +83,7 @@ def test_summary_shows_route_and_length():
     assert len(lines) == len(PAYLOADS)
     assert f"127.0.0.1:{sport} -> 127.0.0.1:{port} lo len=12 68 65 6c 6c 6f" in lines[0]
     assert "|hello world.|" in lines[0]
+    assert "ttl=" not in lines[0]  # the summary reads no IP fields
 
 
 def test_raw_is_the_payloads():
@@ -93,6 +107,11 @@ def test_pcap_read_by_tcpdump(host, family):
     for block, payload in zip(blocks, PAYLOADS):
         assert f"{host}.{sport} > {host}.{port}: " in block
         assert f"length {len(payload)}" in block
+        # The TTL (hop limit) and TOS (traffic class) the datagram came with.
+        if family == socket.AF_INET6:
+            assert f"(class 0xb9, hlim {TTL}," in block
+        else:
+            assert f"(tos 0xb9,ECT(1), ttl {TTL}," in block
         if family == socket.AF_INET6:
             assert "[udp sum ok]" in block
         else:

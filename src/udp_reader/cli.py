@@ -43,15 +43,34 @@ def describe(error: BaseException) -> str:
 
 
 def _add_reader_options(p: argparse.ArgumentParser) -> None:
-    ReaderOptions.add_arguments(p)
+    ReaderOptions.add_arguments(p, ip_fields=False)  # listen reads them when it shows them
+
+
+JOIN_HELP = ("join a multicast group, [SOURCE>]GROUP[@INTERFACE]: 239.1.2.3, "
+             "239.1.2.3@eth0, 10.0.0.5>232.1.1.1@eth0, ff15::1@* (every interface); "
+             "repeat for more")
 
 
 def _open_reader(args: argparse.Namespace, **fields) -> Reader:
     try:
+        joins = serve_config.parse_joins(getattr(args, "join", None))
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    try:
         options = ReaderOptions.from_args(args, **fields)
-        return Reader(args.address, reuseport=args.reuseport, **options.as_kwargs())
+        reader = Reader(args.address, reuseport=args.reuseport, **options.as_kwargs())
     except (ValueError, TypeError, OSError) as e:
         raise UsageError(describe(e)) from None
+    try:
+        for m in joins:
+            try:
+                reader.join(m.group, interface=m.interface, source=m.source)
+            except (ValueError, OSError) as e:
+                raise UsageError(f"--join {m}: {describe(e)}") from None
+    except BaseException:
+        reader.close()
+        raise
+    return reader
 
 
 def _open_output(path: str):
@@ -84,6 +103,8 @@ def cmd_listen(args: argparse.Namespace) -> int:
     reader = None
     # With --count, never take more in one receive than is still wanted.
     fields = {"batch_size": min(args.batch_size, args.count)} if args.count else {}
+    # TTL and TOS cost two control messages a packet: read only when shown.
+    fields["ip_fields"] = fmt in ("hex", "jsonl") or pcap_file is not None
     try:
         reader = _open_reader(args, timestamps=True, **fields)
         port = reader.address[1]
@@ -136,6 +157,8 @@ def _listen(args: argparse.Namespace, reader: Reader, writers: list) -> int:
                 writer.flush()
 
     log.info("listening on %s", where)
+    for m in reader.memberships:
+        log.info("joined %s", m.describe())
     if args.duration:
         timer = threading.Timer(args.duration, reader.stop)
         timer.daemon = True
@@ -255,7 +278,10 @@ def build_parser() -> argparse.ArgumentParser:
                "  udp-reader listen :9000\n"
                "  udp-reader listen 127.0.0.1:9000 --format jsonl --count 100\n"
                "  udp-reader listen :514 --top\n"
-               "  udp-reader listen [::]:514 --write syslog.pcap --duration 60")
+               "  udp-reader listen [::]:514 --write syslog.pcap --duration 60\n"
+               "  udp-reader listen :5000 --join 239.1.2.3@eth0 --format jsonl\n"
+               "  udp-reader listen :5000 --join 10.0.0.5>232.1.1.1@eth0\n\n"
+               "jsonl, hex and --write show each packet's TTL and TOS.")
     listen.add_argument("address", metavar="ADDRESS",
                         help="host:port, :port (all addresses) or [v6]:port")
     listen.add_argument("--format", choices=["summary", "hex", "jsonl", "raw", "none"],
@@ -269,6 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     listen.add_argument("--top", action="store_true",
                         help="instead of packets, a live table: top sources and "
                              "destinations, sizes, rates, drops")
+    listen.add_argument("--join", action="append", metavar="GROUP", help=JOIN_HELP)
     _add_reader_options(listen)
     listen.add_argument("--no-reuseport", dest="reuseport", action="store_false",
                         help="refuse to share the port (SO_REUSEPORT off)")

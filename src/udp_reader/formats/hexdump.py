@@ -1,4 +1,5 @@
-"""A summary line per packet, then its payload as `hexdump -C` shows it."""
+"""A summary line per packet (with TTL, TOS and ECN), then its payload as
+`hexdump -C` shows it."""
 
 from __future__ import annotations
 
@@ -28,6 +29,8 @@ def hexdump(data: bytes) -> str:
 
 
 class HexDump(Summary):
+    show_ip_fields = True
+
     def write(self, packet: Packet) -> None:
         super().write(packet)
         self.stream.write(hexdump(packet.data).encode())

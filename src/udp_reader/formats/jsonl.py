@@ -1,4 +1,5 @@
-"""One JSON object per line and packet; the payload in base64."""
+"""One JSON object per line and packet; the payload in base64. TTL, TOS and
+ECN appear when the reader reads them (ip_fields)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ class JsonLines(Writer):
             "time": arrival(packet), "src": host, "sport": port, "dst": packet.dst,
             "dport": self.local_port, "ifindex": packet.ifindex,
             "ifname": interface_name(packet.ifindex), "length": len(packet),
-            "payload": base64.b64encode(packet.data).decode(),
         }
+        if packet.ttl is not None:
+            record.update(ttl=packet.ttl, tos=packet.tos, ecn=packet.ecn)
+        record["payload"] = base64.b64encode(packet.data).decode()
         self.stream.write(json.dumps(record).encode() + b"\n")
