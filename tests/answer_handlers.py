@@ -13,3 +13,8 @@ def echo(packet):
 def echo_batch(batch):
     """Per batch: it answers through the batch."""
     batch.reply([b"batch:" + p.data for p in batch])
+
+
+def ip_fields(packet):
+    """Per packet: answers with the TTL and TOS it arrived with."""
+    return f"{packet.ttl} {packet.tos}".encode()

@@ -9,7 +9,7 @@ import struct
 
 import pytest
 
-from conftest import collect
+from conftest import DEADLINE, collect
 from test_properties import cmsg
 from udp_reader import Reader
 from udp_reader._core import _engine_feed
@@ -136,3 +136,19 @@ def test_the_record_keeps_its_size():
 def test_ip_fields_must_be_a_bool(value):
     with pytest.raises(TypeError, match=f"ip_fields must be a bool, not {value!r}"):
         Reader("127.0.0.1:0", ip_fields=value)
+
+
+@pytest.mark.parametrize("args, expected", [(("--ip-fields",), b"7 185"), ((), b"None None")])
+def test_serve_passes_the_option_to_its_workers(tmp_path, args, expected):
+    from test_serve import Server
+    server = Server("answer_handlers:ip_fields", *args, record_dir=str(tmp_path))
+    try:
+        server.wait_for("serving")
+        with sender(*IPV4, 7, 0xb9) as c:
+            c.settimeout(DEADLINE)
+            c.connect(("127.0.0.1", server.port))
+            c.send(b"x")
+            answer = c.recv(100)
+    finally:
+        assert server.stop() == 0
+    assert answer == expected
