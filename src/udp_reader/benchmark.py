@@ -14,7 +14,7 @@ import statistics
 import time
 from typing import Callable, Dict, List, Optional
 
-from udp_reader import Reader, sockets
+from udp_reader import Reader, multicast, sockets
 from udp_reader.send import LoadGenerator
 
 RCVBUF = 512 << 20
@@ -26,20 +26,26 @@ class Queue:
     """A loopback UDP socket that can be filled with `count` datagrams."""
 
     def __init__(self, count: int, size: int, family: int = socket.AF_INET,
-                 gso: bool = False) -> None:
+                 gso: bool = False, group: Optional[str] = None) -> None:
         """With gso=True the queue is filled through UDP_SEGMENT and the
-        socket merges receives (UDP_GRO)."""
+        socket merges receives (UDP_GRO). With an IPv4 `group`, the socket
+        binds every address and joins it on lo, where the datagrams are sent
+        (lo needs multicast on and a route for the group: a namespace of
+        one's own)."""
         host = "127.0.0.1" if family == socket.AF_INET else "::1"
         self.count = count
         self.size = size
         self.gso = gso
         self.sock = socket.socket(family, socket.SOCK_DGRAM)
-        self.sock.bind((host, 0))
+        self.sock.bind(("0.0.0.0" if group else host, 0))
         sockets.enable_metadata(self.sock)
         sockets.set_rcvbuf(self.sock, RCVBUF)
         if gso:
             sockets.enable_gro(self.sock)
-        self.address = self.sock.getsockname()[:2]
+        if group:
+            multicast.Memberships(self.sock).join(group, interface="lo")
+        self.address = (group, self.sock.getsockname()[1]) if group else \
+            self.sock.getsockname()[:2]
         self.sender = LoadGenerator(self.address, sizes=(size, size), payload="random", gso=gso)
 
     def fill(self) -> None:
@@ -53,8 +59,9 @@ class Queue:
         self.sender.close()
 
 
-def reader_per_packet(queue: Queue) -> Drain:
-    reader = Reader.from_socket(queue.sock, gro=queue.gso)
+def reader_per_packet(queue: Queue, **options) -> Drain:
+    """`options` are Reader's (ip_fields=True)."""
+    reader = Reader.from_socket(queue.sock, gro=queue.gso, **options)
     left = queue.count
 
     def on_packet(packet):
@@ -69,8 +76,8 @@ def reader_per_packet(queue: Queue) -> Drain:
     return drain
 
 
-def reader_per_batch(queue: Queue) -> Drain:
-    reader = Reader.from_socket(queue.sock, gro=queue.gso)
+def reader_per_batch(queue: Queue, **options) -> Drain:
+    reader = Reader.from_socket(queue.sock, gro=queue.gso, **options)
     left = queue.count
 
     def on_batch(batch):
