@@ -47,8 +47,8 @@ def _add_reader_options(p: argparse.ArgumentParser) -> None:
 
 
 JOIN_HELP = ("join a multicast group, [SOURCE>]GROUP[@INTERFACE]: 239.1.2.3, "
-             "239.1.2.3@eth0, 10.0.0.5>232.1.1.1@eth0, ff15::1@* (every interface); "
-             "repeat for more")
+             "239.1.2.3@eth0, '10.0.0.5>232.1.1.1@eth0' (quoted: > redirects in a shell), "
+             "ff15::1@* (every interface); repeat for more")
 
 
 def _open_reader(args: argparse.Namespace, **fields) -> Reader:
@@ -280,7 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
                "  udp-reader listen :514 --top\n"
                "  udp-reader listen [::]:514 --write syslog.pcap --duration 60\n"
                "  udp-reader listen :5000 --join 239.1.2.3@eth0 --format jsonl\n"
-               "  udp-reader listen :5000 --join 10.0.0.5>232.1.1.1@eth0\n\n"
+               "  udp-reader listen :5000 --join '10.0.0.5>232.1.1.1@eth0'\n\n"
                "jsonl, hex and --write show each packet's TTL and TOS.")
     listen.add_argument("address", metavar="ADDRESS",
                         help="host:port, :port (all addresses) or [v6]:port")

@@ -128,8 +128,8 @@ def add_parser(sub: "argparse._SubParsersAction") -> argparse.ArgumentParser:
                        help="all workers read one socket instead of one socket each")
     serve.add_argument("--join", action="append", metavar="GROUP",
                        help="join a multicast group, [SOURCE>]GROUP[@INTERFACE] (239.1.2.3@eth0, "
-                            "10.0.0.5>232.1.1.1@eth0, ff15::1@*); repeat for more. Implies "
-                            "--shared: each datagram is handled once")
+                            "'10.0.0.5>232.1.1.1@eth0' quoted, ff15::1@*); repeat for more. "
+                            "Implies --shared: each datagram is handled once")
     serve.add_argument("--batches", action="store_true",
                        help="call the handler once per received batch")
     ReaderOptions.add_arguments(serve)
