@@ -61,33 +61,35 @@ size_t ur_engine_arena_size(const ur_engine *e)
     return e->batch * e->slot;
 }
 
-/* Fill family, src, src_port from the sender's name; an IPv4-mapped IPv6
- * source (dual-stack socket) is reported as plain IPv4. */
-static void take_source(ur_meta *m, const void *name, size_t namelen)
+int ur_sockaddr_take(const void *name, size_t namelen, uint16_t *family,
+                     uint16_t *port, uint8_t addr[16])
 {
-    sa_family_t family;
+    sa_family_t af;
 
-    if (namelen < sizeof family)
-        return;
-    memcpy(&family, name, sizeof family);
-    if (family == AF_INET && namelen >= sizeof(struct sockaddr_in)) {
+    if (namelen < sizeof af)
+        return -1;
+    memcpy(&af, name, sizeof af);
+    if (af == AF_INET && namelen >= sizeof(struct sockaddr_in)) {
         struct sockaddr_in sin;
         memcpy(&sin, name, sizeof sin);
-        m->family = AF_INET;
-        m->src_port = ntohs(sin.sin_port);
-        memcpy(m->src, &sin.sin_addr, 4);
-    } else if (family == AF_INET6 && namelen >= sizeof(struct sockaddr_in6)) {
+        *family = AF_INET;
+        *port = ntohs(sin.sin_port);
+        memcpy(addr, &sin.sin_addr, 4);
+    } else if (af == AF_INET6 && namelen >= sizeof(struct sockaddr_in6)) {
         struct sockaddr_in6 sin6;
         memcpy(&sin6, name, sizeof sin6);
-        m->src_port = ntohs(sin6.sin6_port);
+        *port = ntohs(sin6.sin6_port);
         if (IN6_IS_ADDR_V4MAPPED(&sin6.sin6_addr)) {
-            m->family = AF_INET;
-            memcpy(m->src, &sin6.sin6_addr.s6_addr[12], 4);
+            *family = AF_INET;
+            memcpy(addr, &sin6.sin6_addr.s6_addr[12], 4);
         } else {
-            m->family = AF_INET6;
-            memcpy(m->src, &sin6.sin6_addr, 16);
+            *family = AF_INET6;
+            memcpy(addr, &sin6.sin6_addr, 16);
         }
+    } else {
+        return -1;
     }
+    return 0;
 }
 
 /* True when `size` bytes of data of `cm` lie inside the control buffer:
@@ -206,7 +208,8 @@ static int take_message(ur_engine *e, struct msghdr *h, uint32_t len,
         c->too_long += segments;  /* never delivered cut short */
         return out;
     }
-    take_source(&record, h->msg_name, h->msg_namelen);
+    ur_sockaddr_take(h->msg_name, h->msg_namelen, &record.family, &record.src_port,
+                     record.src);
     for (s = 0; s < segments; s++) {
         uint32_t seglen = s + 1 < segments ? stride : len - s * stride;
         if (seglen > e->max_size || out == (int)e->max_records) {

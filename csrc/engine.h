@@ -83,6 +83,13 @@ int ur_engine_feed(ur_engine *e, const unsigned char *control,
                    size_t namelen, uint32_t len, int flags, ur_meta *meta,
                    ur_counters *c);
 
+/* Family, port (host order) and address of a sockaddr of `namelen` bytes,
+ * an IPv4-mapped IPv6 address as plain IPv4 (the first 4 bytes of addr).
+ * Returns 0, or -1 for a name too short or of another family (nothing
+ * written then). */
+int ur_sockaddr_take(const void *name, size_t namelen, uint16_t *family,
+                     uint16_t *port, uint8_t addr[16]);
+
 /* Block until `fd` is readable or `wake_fd` is signalled, at most
  * timeout_ms.  Returns 1 when fd is readable, 2 when only its error queue
  * (or a pending error) is, 0 otherwise, or -errno. */

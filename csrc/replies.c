@@ -1,5 +1,6 @@
 #define _GNU_SOURCE
 #include "replies.h"
+#include "engine.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -367,32 +368,6 @@ int ur_enable_recverr(int fd, int family)
     return 0;
 }
 
-static void take_destination(ur_send_error *e, const void *name,
-                             socklen_t namelen)
-{
-    sa_family_t family;
-    if (namelen < sizeof family)
-        return;
-    memcpy(&family, name, sizeof family);
-    if (family == AF_INET && namelen >= sizeof(struct sockaddr_in)) {
-        struct sockaddr_in sin;
-        memcpy(&sin, name, sizeof sin);
-        e->family = AF_INET;
-        e->port = ntohs(sin.sin_port);
-        memcpy(e->addr, &sin.sin_addr, 4);
-    } else if (family == AF_INET6 && namelen >= sizeof(struct sockaddr_in6)) {
-        struct sockaddr_in6 sin6;
-        memcpy(&sin6, name, sizeof sin6);
-        e->port = ntohs(sin6.sin6_port);
-        if (IN6_IS_ADDR_V4MAPPED(&sin6.sin6_addr)) {
-            e->family = AF_INET;
-            memcpy(e->addr, &sin6.sin6_addr.s6_addr[12], 4);
-        } else {
-            e->family = AF_INET6;
-            memcpy(e->addr, &sin6.sin6_addr, 16);
-        }
-    }
-}
 
 int ur_read_errors(int fd, ur_send_error *out, unsigned max)
 {
@@ -426,7 +401,7 @@ int ur_read_errors(int fd, ur_send_error *out, unsigned max)
             return count ? (int)count : -errno;
         }
         memset(e, 0, sizeof *e);
-        take_destination(e, &name, h.msg_namelen);
+        ur_sockaddr_take(&name, h.msg_namelen, &e->family, &e->port, e->addr);
         for (cm = CMSG_FIRSTHDR(&h); cm; cm = CMSG_NXTHDR(&h, cm)) {
             struct sock_extended_err ee;
             if (!((cm->cmsg_level == IPPROTO_IP && cm->cmsg_type == IP_RECVERR) ||
