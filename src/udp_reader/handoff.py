@@ -15,9 +15,6 @@ import stat
 import struct
 from typing import List, MutableMapping, Optional, Sequence, Tuple
 
-# moved; kept for the serve rebuild
-from udp_reader.sockets import is_shed, shed  # noqa: F401
-
 log = logging.getLogger("udp_reader")
 
 # How many descriptors and how much name text one handoff may carry.
