@@ -98,6 +98,18 @@ def wait_until_bound(port: int) -> None:
     pytest.fail(f"nothing bound UDP port {port} within {DEADLINE} s")
 
 
+# Processes a test started that must not outlive it, even when it fails
+# before stopping them (anything with a stop() method).
+STARTED: list = []
+
+
+@pytest.fixture(autouse=True)
+def _stop_what_the_test_started():
+    yield
+    while STARTED:
+        STARTED.pop().stop()
+
+
 @pytest.fixture
 def reader():
     with Reader("127.0.0.1:0") as r:

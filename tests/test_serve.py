@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from conftest import DEADLINE, send
+from conftest import DEADLINE, STARTED, send
 from udp_reader.serve import privileges
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -38,6 +38,7 @@ class Server:
         self.lines: list[str] = []
         self._new = threading.Condition()
         threading.Thread(target=self._collect, daemon=True).start()
+        STARTED.append(self)
 
     def _collect(self) -> None:
         for line in self.proc.stderr:
