@@ -166,8 +166,11 @@ static uint32_t take_control(ur_engine *e, ur_meta *m, struct msghdr *h,
              * than the baseline taken at start): count forward moves only. */
             ahead = (int32_t)(drops - e->last_ovfl);
             if (ahead > 0) {
-                c->kernel_drops += (uint32_t)ahead;
-                e->last_ovfl = drops;
+                /* last_ovfl first, then the total: ur_engine_drops() reads
+                 * them the other way round from another thread. */
+                __atomic_store_n(&e->last_ovfl, drops, __ATOMIC_RELEASE);
+                __atomic_store_n(&c->kernel_drops, c->kernel_drops + (uint32_t)ahead,
+                                 __ATOMIC_RELEASE);
             }
         } else if (cm->cmsg_level == SOL_UDP && cm->cmsg_type == UDP_GRO &&
                    cmsg_holds(h, cm, sizeof(int))) {
@@ -304,4 +307,15 @@ int ur_wait(int fd, int wake_fd, int timeout_ms)
     if (p[0].revents & POLLIN)
         return 1;
     return (p[0].revents & POLLERR) ? 2 : 0;
+}
+
+uint64_t ur_engine_drops(const ur_engine *e, const ur_counters *c, uint32_t now)
+{
+    /* Total first: if it includes a datagram's count, last_ovfl does too
+     * (stored before it), so a race can only leave a drop out until the
+     * next call, never count one twice. */
+    uint64_t told = __atomic_load_n(&c->kernel_drops, __ATOMIC_ACQUIRE);
+    uint32_t last = __atomic_load_n(&e->last_ovfl, __ATOMIC_ACQUIRE);
+    int32_t ahead = (int32_t)(now - last);
+    return told + (ahead > 0 ? (uint32_t)ahead : 0);
 }

@@ -95,4 +95,12 @@ int ur_sockaddr_take(const void *name, size_t namelen, uint16_t *family,
  * (or a pending error) is, 0 otherwise, or -errno. */
 int ur_wait(int fd, int wake_fd, int timeout_ms);
 
+/* The socket's drops since the engine's baseline, exact at the time of the
+ * call: what SO_RXQ_OVFL told so far plus what it has not told yet, from
+ * `now`, the socket's current drop count (SO_MEMINFO's SK_MEMINFO_DROPS).
+ * SO_RXQ_OVFL rides only on the next datagram, so the drops at the end of
+ * a burst would otherwise stay unknown until traffic resumes. Safe to call
+ * from a thread other than the receiving one. */
+uint64_t ur_engine_drops(const ur_engine *e, const ur_counters *c, uint32_t now);
+
 #endif

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from udp_reader._core import Batch, Packet, Reader, SendFailure, Stats
+from udp_reader._core import Batch, Packet, Reader, ReceiveError, SendFailure, Stats
 from udp_reader.answering import answering
 from udp_reader.multicast import Membership
 from udp_reader.options import ReaderOptions
 from udp_reader.sockets import Address
 
-__all__ = ["Batch", "Membership", "Packet", "Reader", "ReaderOptions", "SendFailure", "Stats",
+__all__ = ["Batch", "Membership", "Packet", "Reader", "ReaderOptions", "ReceiveError",
+           "SendFailure", "Stats",
            "answering", "listen"]
 __version__ = "0.1.0"
 

@@ -14,8 +14,8 @@ from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_FillInfo, PyBuffer_Release, P
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from cpython.exc cimport PyErr_CheckSignals
 from cpython.ref cimport Py_REFCNT
-from libc.errno cimport EAGAIN, EINTR, EMSGSIZE
-from libc.stdint cimport uint8_t, uint32_t, uint64_t
+from libc.errno cimport EAGAIN, EINTR, EMSGSIZE, ENOMEM
+from libc.stdint cimport uint8_t, uint32_t, uint64_t, UINT64_MAX
 from libc.stdlib cimport malloc, free
 from libc.string cimport memcpy, memset
 
@@ -65,14 +65,20 @@ received = delivered + too_short + too_long + packets still pending
 delivers them first).
 
 kernel_drops counts the receive buffers the kernel dropped on a full queue
-since the reader took the socket (SO_RXQ_OVFL): one per datagram, but with
-gro=True a dropped merged receive of up to 64 datagrams of one flow counts
-once (measured: 63,488 datagrams lost, 992 counted). A drop shows once a
-datagram queued after it is received.
+since the reader took the socket, exact when the stats are read (the
+socket's own count, SO_MEMINFO): one per datagram, but with gro=True a
+dropped merged receive of up to 64 datagrams of one flow counts once
+(measured: 63,488 datagrams lost, 992 counted).
 
 sent counts the datagrams this reader sent (replies, send(), send_many());
 send_errors those the kernel refused, plus the errors (ICMP port or host
 unreachable, message too big) that came back for datagrams already sent."""
+
+
+class ReceiveError(OSError):
+    """The reader itself could not receive: no memory for its buffers
+    (errno ENOMEM), or a failing system call. Never the handler's own
+    exception, which run() passes on unchanged."""
 
 
 cdef str _host(int family, const uint8_t *addr):
@@ -795,12 +801,15 @@ cdef class Reader:
     cdef double _deadline
     cdef _Sender _sender
     cdef bint _ip_fields
+    cdef uint64_t _limit  # run(count=): deliver up to this total, then return
+    cdef uint64_t _drops_told  # kernel_drops as last reported: it never goes back
     cdef object _groups  # multicast.Memberships, from the first join
 
     def __cinit__(self):
         self._fd = -1
         self._wake_fd = -1
         self._deadline = -1.0
+        self._limit = UINT64_MAX
 
     def __init__(self, address=None, *, min_size=0, max_size=MAX_PAYLOAD,
                  batch_size=DEFAULT_BATCH, bint reuseport=True, rcvbuf=DEFAULT_RCVBUF,
@@ -968,8 +977,13 @@ cdef class Reader:
     @property
     def stats(self):
         """A Stats snapshot of the counters."""
+        cdef uint64_t drops = self._c.kernel_drops
+        if self._sock is not None:
+            drops = ur_engine_drops(&self._engine, &self._c,
+                                    <uint32_t>sockets.kernel_drops(self._sock))
+        self._drops_told = max(self._drops_told, drops)
         return Stats(self._c.received, self._delivered, self._c.too_short,
-                     self._c.too_long, self._c.ctrunc, self._c.kernel_drops,
+                     self._c.too_long, self._c.ctrunc, self._drops_told,
                      self._c.batches, self._c.bytes, self._sender.c.sent,
                      self._sender.c.errors)
 
@@ -985,9 +999,10 @@ cdef class Reader:
     # -- control ------------------------------------------------------------
 
     def stop(self):
-        """Make run() return promptly; safe from another thread, a signal
-        handler or a callback. A stop before run() makes the next run return
-        at once. Packets not yet delivered stay for the next run."""
+        """Make run() or drain() return promptly; safe from another thread,
+        a signal handler or a callback. A stop before run() makes the next
+        run return at once (a drain() starts afresh: it is how a reader
+        leaves). Packets not yet delivered stay for the next run or drain."""
         cdef uint64_t one = 1
         self._stopping = True
         if self._wake_fd >= 0:
@@ -1089,20 +1104,32 @@ cdef class Reader:
 
     # -- receiving ------------------------------------------------------------
 
-    def run(self, on_packet):
-        """Call on_packet(packet) for every packet until stop() is called.
+    def run(self, on_packet, *, count=None):
+        """Call on_packet(packet) for every packet until stop() is called,
+        or until `count` packets were delivered by this call.
 
         An exception from on_packet propagates out of run(); the packets of
         its batch that were not yet delivered are delivered first by the
-        next run.
+        next run. A failure of the reader itself raises ReceiveError.
         """
         self._handler, self._handler_takes_batches = on_packet, False
-        self._loop(FOREVER)
+        self._loop(FOREVER, self._count_limit(count))
 
-    def run_batches(self, on_batch):
-        """Call on_batch(batch) once per receive until stop() is called."""
+    def run_batches(self, on_batch, *, count=None):
+        """Call on_batch(batch) once per receive until stop() is called, or
+        until `count` packets were delivered by this call (the last batch is
+        cut to fit; the rest of its receive stays for the next call)."""
         self._handler, self._handler_takes_batches = on_batch, True
-        self._loop(FOREVER)
+        self._loop(FOREVER, self._count_limit(count))
+
+    cdef uint64_t _count_limit(self, count) except? 0:
+        if count is None:
+            return UINT64_MAX
+        if isinstance(count, bool) or not isinstance(count, int):
+            raise TypeError(f"count must be an int or None, not {count!r}")
+        if count < 1:
+            raise ValueError(f"count must be at least 1, not {count}")
+        return self._delivered + <uint64_t>count
 
     def receive_batch(self):
         """One receive without waiting: a Batch, or None when nothing is
@@ -1154,6 +1181,7 @@ cdef class Reader:
             raise ValueError(f"grace must be >= 0, not {grace}")
         self._check_open()
         before = self._delivered
+        self._stopping = False  # a stop() between runs must not skip what is held
         if shed:
             self.shed()
         self._deadline = -1.0 if timeout is None else time.monotonic() + timeout
@@ -1167,12 +1195,13 @@ cdef class Reader:
             self.close()
         return self._delivered - before
 
-    cdef _loop(self, int idle_ms):
+    cdef _loop(self, int idle_ms, uint64_t limit=UINT64_MAX):
         cdef Batch batch
         self._check_open()
         if self._running:
             raise RuntimeError("the reader is already running")
         self._running = True
+        self._limit = limit
         self._sender.loop_thread = PyThread_get_thread_ident()
         try:
             while self._next_batch(idle_ms):
@@ -1194,14 +1223,17 @@ cdef class Reader:
         batch._slab = self._slab
         batch._start = self._pending_next
         batch._count = self._pending_end - self._pending_next
-        self._pending_next = self._pending_end
+        if <uint64_t>batch._count > self._limit - self._delivered:
+            batch._count = <Py_ssize_t>(self._limit - self._delivered)
+        self._pending_next += batch._count
         return batch
 
     cdef _deliver_packets(self, on_packet):
         cdef _Slab slab = self._slab
         cdef Packet packet = None
         cdef Py_ssize_t i
-        while self._pending_next < self._pending_end and not self._stopping:
+        while (self._pending_next < self._pending_end and not self._stopping
+               and self._delivered < self._limit):
             i = self._pending_next
             self._pending_next = i + 1
             self._delivered += 1
@@ -1222,6 +1254,7 @@ cdef class Reader:
             self._sender.loop_thread = 0
             self._running = False
             self._stopping = False
+            self._limit = UINT64_MAX
             if self._wake_fd >= 0:
                 read(self._wake_fd, &value, sizeof(value))
             if self._close_after_run:
@@ -1232,7 +1265,11 @@ cdef class Reader:
         empty. The new records become the pending packets."""
         cdef int n, tries
         if Py_REFCNT(self._slab) > 1:
-            self._slab = self._new_slab()  # a callback kept something
+            try:
+                self._slab = self._new_slab()  # a callback kept something
+            except MemoryError:
+                raise ReceiveError(ENOMEM, "no memory for a new receive buffer "
+                                           f"({ur_engine_arena_size(&self._engine)} bytes)") from None
         for tries in range(ASYNC_ERROR_TRIES):
             with nogil:
                 n = ur_engine_recv(&self._engine, self._fd, self._slab.arena,
@@ -1244,7 +1281,7 @@ cdef class Reader:
         if n == -EAGAIN or (n < 0 and ur_async_error(-n)):
             return False
         if n < 0:
-            raise OSError(-n, f"recvmmsg: {os.strerror(-n)}")
+            raise ReceiveError(-n, f"recvmmsg: {os.strerror(-n)}")
         self._pending_next = 0
         self._pending_end = n
         return True
@@ -1255,7 +1292,7 @@ cdef class Reader:
         queue has been idle for idle_ms (PENDING_ONLY: never receives)."""
         cdef int r, wait_ms
         cdef int fd = self._fd, wake_fd = self._wake_fd
-        while not self._stopping:
+        while not self._stopping and self._delivered < self._limit:
             PyErr_CheckSignals()
             if self._pending_next < self._pending_end:
                 return True
@@ -1274,7 +1311,7 @@ cdef class Reader:
             if r == 0 and idle_ms != FOREVER and not self._stopping:
                 return False  # idle: the drain is complete
             if r < 0 and r != -EINTR:
-                raise OSError(-r, f"poll: {os.strerror(-r)}")
+                raise ReceiveError(-r, f"poll: {os.strerror(-r)}")
         return False
 
 

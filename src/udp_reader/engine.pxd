@@ -45,3 +45,4 @@ cdef extern from "engine.h" nogil:
                        size_t namelen, uint32_t len, int flags, ur_meta *meta,
                        ur_counters *c)
     int ur_wait(int fd, int wake_fd, int timeout_ms)
+    uint64_t ur_engine_drops(const ur_engine *e, const ur_counters *c, uint32_t now)
