@@ -3,7 +3,8 @@ number of every packet it handles to a file named for its slot and pid, so
 the harness can check that every number sent arrived exactly once, and
 which slot and process handled each flow.
 
-STUCK_SEQ=N makes the handler hang forever on number N; SLOW_SLOT=K makes
+STUCK_SEQ=N makes the handler hang forever on number N; RAISE_AFTER=1
+makes it raise after recording each packet (or batch); SLOW_SLOT=K makes
 the worker of slot K sleep SLOW_SECONDS per packet; STALL_IMPORT=FILE makes
 the import take 8 s while FILE exists."""
 
@@ -18,6 +19,11 @@ _out = os.open(os.path.join(os.environ["RECORD_DIR"], f"{_slot}.{os.getpid()}.se
                os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
 _stuck = int(os.environ.get("STUCK_SEQ", "-1")).to_bytes(8, "little", signed=True)
 _pause = float(os.environ.get("SLOW_SECONDS", "0")) if os.environ.get("SLOW_SLOT") == _slot else 0
+_raise = bool(os.environ.get("RAISE_AFTER"))
+
+
+class Recorded(Exception):
+    """RAISE_AFTER: raised after every packet (or batch) was recorded."""
 
 
 def on_batch(batch):
@@ -25,6 +31,8 @@ def on_batch(batch):
     os.write(_out, numbers)
     if _stuck in numbers:
         threading_free_hang()
+    if _raise:
+        raise Recorded()
 
 
 def on_packet(packet):
@@ -34,6 +42,8 @@ def on_packet(packet):
         threading_free_hang()
     if _pause:
         time.sleep(_pause)
+    if _raise:
+        raise Recorded()
 
 
 def threading_free_hang():

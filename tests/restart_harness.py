@@ -14,6 +14,7 @@ and missing, how the Udp counters moved, and what each scenario measured.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import glob
 import json
 import os
@@ -225,6 +226,7 @@ class Harness:
         self.sender = Sender(rate, max_seconds=max(DEADLINE, seconds + DEADLINE))
         self.masters: list = []
         self.logs: list = []
+        self.cleanups: list = []  # run at the end, after the masters are gone
 
     def serve(self, *extra: str, prefix=(), bind=True, env=None, handler=None, pass_fds=()):
         """Start a master at the defaults; its log goes to a file of its own."""
@@ -481,13 +483,16 @@ def scenario(name: str, h: Harness, restarts: int, seconds: float, every: float)
         facts["stack_logged"] = "threading_free_hang" in h.log_text()
         facts["held_bound"] = int(h.wait_log(r"up to (\d+) [^;]*? it had taken")[0])
     elif name == "recycle":
-        # --max-packets: workers are replaced as they reach their count.
-        master = h.serve("--workers", "2", "--max-packets", "8000", "--max-packets-jitter", "2000")
+        # --max-packets: workers are replaced as they reach their count; the
+        # recorder's files (one per worker) tell how many each handled.
+        master = h.serve("--workers", "2", "--max-packets", "2000")
         h.notify.ready()
         h.sender.start()
-        h.wait_log(r"--max-packets\); replacing it", 4)
+        _wait(lambda: sum(n.size >= 2000 for _, _, n in h.records()) >= 6)
         time.sleep(0.5)
-        facts["recycled"] = len(re.findall(r"--max-packets\); replacing it", h.log_text()))
+        handled = [int(n.size) for _, _, n in h.records()]
+        facts["recycled"] = sum(n >= 2000 for n in handled)
+        facts["most_handled"] = max(handled)
     elif name == "privileged":
         # Port 514 (needs root to bind) served by workers running as nobody;
         # HUP, TTIN and USR2 work as ever.
@@ -629,15 +634,232 @@ def scenario(name: str, h: Harness, restarts: int, seconds: float, every: float)
         return facts
     elif name == "chaos":
         return chaos(h, seconds, facts)
+    elif name in SCENARIOS:
+        master = SCENARIOS[name](h, facts)
     else:
         raise SystemExit(f"unknown scenario {name!r}")
     time.sleep(0.3)
     h.sender.stop()
     time.sleep(0.2)
-    stop(master, facts)
+    if master is not None:
+        stop(master, facts)
     if name in ("flows", "usr2"):
         facts.update(flows(h))
     return facts
+
+
+SCENARIOS: dict = {}
+
+
+def scenario_of(function):
+    """A scenario written as a function of its own: it starts the traffic
+    and its masters, and returns the one to stop at the end."""
+    SCENARIOS[function.__name__] = function
+    return function
+
+
+def upgraded(h: Harness, old) -> "Adopted":
+    """The master a USR2 to `old` started, once it is ready."""
+    new = h.notify.wait_for(lambda m: m.get("READY") == "1"
+                            and m.get("MAINPID", str(old.pid)) != str(old.pid))
+    return Adopted(int(new["MAINPID"]))
+
+
+def snapshot(pid_file: str, until=lambda s: True) -> dict:
+    """The master's status file (written next to its pid file every
+    second), once `until(snapshot)` holds."""
+    path = pid_file + ".json"
+    deadline = time.monotonic() + DEADLINE
+    while time.monotonic() < deadline:
+        try:
+            with open(path) as f:
+                found = json.load(f)
+            if until(found):
+                return found
+        except (FileNotFoundError, ValueError):
+            pass
+        time.sleep(0.05)
+    raise TimeoutError(f"the status file never settled: {path}")
+
+
+def settled(workers: int):
+    """A snapshot with `workers` slots, each served by one worker, and no
+    other master holding the sockets."""
+    return lambda s: (s.get("phase") == "running" and s.get("workers") == workers
+                      and len(s["slots"]) == workers and not s.get("others")
+                      and all(x["state"] == "serving" and len(x["workers"]) == 1
+                              for x in s["slots"]))
+
+
+@scenario_of
+def usr2_ttin(h: Harness, facts: dict):
+    """TTIN to the old master just after USR2: refused (the new master has
+    the sockets as they were), never a socket that leaves with the old one."""
+    master = h.serve("--workers", "2")
+    h.notify.ready(MAINPID=str(master.pid))
+    h.sender.start()
+    time.sleep(0.5)
+    master.send_signal(signal.SIGUSR2)
+    time.sleep(0.05)
+    master.send_signal(signal.SIGTTIN)
+    new = upgraded(h, master)
+    wait_gone(master.pid)
+    facts["old_master_exits"] = [master.wait(DEADLINE)]
+    return new
+
+
+@scenario_of
+def takeover_ttin(h: Harness, facts: dict):
+    """TTIN to master A while B holds its sockets (--takeover), then TERM
+    to A: A's new socket is A's alone, so A sheds and drains it."""
+    run = os.path.join(h.dir, "run")
+    first = h.serve("--workers", "2", "--handoff", run)
+    h.notify.ready(MAINPID=str(first.pid))
+    h.sender.start()
+    time.sleep(0.3)
+    second = h.serve("--workers", "2", "--takeover", run)
+    h.notify.ready(MAINPID=str(second.pid))
+    first.send_signal(signal.SIGTTIN)
+    h.notify.status("3 workers")  # its third worker reads
+    time.sleep(0.5)
+    stop(first, facts, "first_exit")
+    time.sleep(0.5)
+    return second
+
+
+@scenario_of
+def raising(h: Harness, facts: dict):
+    """A handler that raises after every packet it records, under HUPs: the
+    master's retire lands between two runs, and the drain still delivers
+    every packet the worker held."""
+    master = h.serve("--workers", "2", env={"RAISE_AFTER": "1"})
+    h.notify.ready()
+    h.sender.start()
+    for _ in range(20):
+        time.sleep(0.05)
+        master.send_signal(signal.SIGHUP)
+        h.notify.reloaded()
+    return master
+
+
+@scenario_of
+def pause_master(h: Harness, facts: dict):
+    """The master stopped for 5 s (a frozen VM) with --timeout 2: its
+    healthy workers are not blamed for the master's own pause."""
+    pid_file = os.path.join(h.dir, "serve.pid")
+    master = h.serve("--workers", "2", "--timeout", "2", "--pid-file", pid_file)
+    h.notify.ready()
+    h.sender.start()
+    before = snapshot(pid_file, settled(2))
+    master.send_signal(signal.SIGSTOP)
+    time.sleep(5)
+    master.send_signal(signal.SIGCONT)
+    after = snapshot(pid_file, lambda s: s["time"] > time.time() - 0.5 and
+                     s["time"] - 3 > before["time"] + 5)  # 3 s of running after the pause
+    pids = lambda s: sorted(w["pid"] for x in s["slots"] for w in x["workers"])
+    facts["same_workers"] = pids(before) == pids(after)
+    facts["killed"] = after["events"].get("exits_killed", 0)
+    return master
+
+
+@scenario_of
+def usr2_full_disk(h: Harness, facts: dict):
+    """USR2 while the pid file's disk is full: the new master fails at
+    set-up, before the old one is asked to leave; the old one serves on."""
+    run = os.path.join(h.dir, "run")
+    os.mkdir(run)
+    # A small disk of our own, in a mount namespace of our own.
+    if ctypes.CDLL(None, use_errno=True).unshare(0x00020000) != 0:  # CLONE_NEWNS
+        raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNS)")
+    subprocess.run(["mount", "--make-rprivate", "/"], check=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", run], check=True)
+    h.cleanups.append(lambda: subprocess.run(["umount", "-l", run], check=True))
+    pid_file = os.path.join(run, "serve.pid")
+    master = h.serve("--workers", "2", "--pid-file", pid_file)
+    h.notify.ready(MAINPID=str(master.pid))
+    h.sender.start()
+    snapshot(pid_file, settled(2))
+    try:
+        with open(os.path.join(run, "filler"), "wb") as f:
+            while True:
+                f.write(b"\0" * 4096)
+                f.flush()
+    except OSError:
+        pass
+    master.send_signal(signal.SIGUSR2)
+    # The new master is the old one's child: wait until it came and went.
+    seen: set = set()
+
+    def came_and_went() -> bool:
+        now = {c for c in children(master.pid) if _is_master(c)}
+        seen.update(now)
+        return bool(seen) and not now
+
+    _wait(came_and_went)
+    facts["new_masters"] = len(seen)
+    time.sleep(0.5)
+    facts["old_master_serving"] = master.poll() is None
+    with open(pid_file) as f:
+        facts["pid_file_names_old"] = int(f.read()) == master.pid
+    return master
+
+
+def _is_master(pid: int) -> bool:
+    """A child of a master that is a master too (a USR2's new master)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return b"serve" in f.read().split(b"\0")
+    except FileNotFoundError:
+        return False
+
+
+@scenario_of
+def term_during_usr2(h: Harness, facts: dict):
+    """TERM to the old master while the new one gets ready: the service
+    stops, both masters leave, and what was queued is delivered."""
+    master = h.serve("--workers", "2")
+    h.notify.ready(MAINPID=str(master.pid))
+    h.sender.start()
+    time.sleep(0.5)
+    master.send_signal(signal.SIGUSR2)
+    new = _wait(lambda: [c for c in children(master.pid) if _is_master(c)])[0]
+    h.sender.stop()
+    master.send_signal(signal.SIGTERM)
+    master.wait(DEADLINE)
+    facts["master_exit"] = master.returncode
+    wait_gone(new)
+    facts["new_master_gone"] = not os.path.exists(f"/proc/{new}") or Adopted(new).wait(1) is not None
+    facts["leaked_processes"] = len(ours(h.dir))
+    return None
+
+
+def _wait(found, timeout: float = DEADLINE):
+    """What `found()` returns once it is truthy."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = found()
+        if result:
+            return result
+        time.sleep(0.02)
+    raise TimeoutError("never came")
+
+
+@scenario_of
+def signal_burst(h: Harness, facts: dict):
+    """6 TTIN then 6 TTOU, 10 ms apart: each one counts."""
+    pid_file = os.path.join(h.dir, "serve.pid")
+    master = h.serve("--workers", "2", "--pid-file", pid_file)
+    h.notify.ready()
+    h.sender.start()
+    for sig in [signal.SIGTTIN] * 6:
+        master.send_signal(sig)
+        time.sleep(0.01)
+    facts["workers_after_ttin"] = snapshot(pid_file, settled(8))["workers"]
+    for sig in [signal.SIGTTOU] * 6:
+        master.send_signal(sig)
+        time.sleep(0.01)
+    facts["workers_after_ttou"] = snapshot(pid_file, settled(2))["workers"]
+    return master
 
 
 class Adopted:
@@ -679,7 +901,7 @@ class Adopted:
 def descriptors_beyond_workers(pid: int) -> int:
     """The master's open descriptors less the three each worker's slot
     costs (its socket, status and command pipes): the same at start and at
-    the end of a run unless something leaked."""
+    the end of a run unless something leaked, when counted settled."""
     return len(os.listdir(f"/proc/{pid}/fd")) - 3 * len(children(pid))
 
 
@@ -687,9 +909,11 @@ def chaos(h: Harness, seconds: float, facts: dict) -> dict:
     """Random HUP, TTIN, TTOU, USR2 to the master and SIGKILL of random
     workers at random intervals, under steady traffic, for `seconds`."""
     rng = random.Random(int(os.environ.get("CHAOS_SEED", time.time())))
-    master = h.serve("--workers", "2")
+    pid_file = os.path.join(h.dir, "serve.pid")
+    master = h.serve("--workers", "2", "--pid-file", pid_file)
     h.notify.ready(MAINPID=str(master.pid))
     h.sender.start()
+    snapshot(pid_file, settled(2))
     facts["descriptors_at_start"] = descriptors_beyond_workers(master.pid)
     current = master
     done: dict = {}
@@ -726,6 +950,10 @@ def chaos(h: Harness, seconds: float, facts: dict) -> dict:
         except FileNotFoundError:
             pass
     facts["zombies"] = zombies
+    # Counted once every slot has one worker and no other master holds the
+    # sockets (a worker handing over, a slot backing off, an old master
+    # leaving each hold descriptors for a while).
+    snapshot(pid_file, lambda s: s["pid"] == current.pid and settled(s["workers"])(s))
     facts["descriptors_at_end"] = descriptors_beyond_workers(current.pid)
     started = time.monotonic()
     os.kill(current.pid, signal.SIGTERM)
@@ -799,6 +1027,8 @@ def main() -> None:
                 if proc.poll() is None:
                     proc.kill()
                     proc.wait()
+            for cleanup in h.cleanups:
+                cleanup()
         after = udp_counters()
         got = np.concatenate([n for _, _, n in h.records()] or [np.zeros(0, dtype="<u8")])
         unique, counts = np.unique(got, return_counts=True)

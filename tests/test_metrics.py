@@ -98,7 +98,7 @@ def test_metrics_count_what_was_sent_and_agree_with_status_file_and_log(record_d
             assert ("udp_reader_queued_bytes", (("slot", slot),)) in samples
         worker_pids = {dict(labels)["pid"] for (name, labels) in samples
                        if name == "udp_reader_worker_state"}
-        ready = {l.split()[2] for l in server.lines if " ready on slot " in l}
+        ready = {pid for pid, _ in server.ready_workers()}
         assert worker_pids == ready and len(ready) == 2
         # The status file tells the same, counted the same way.
         snapshot = statusfile.read(pid_file)
@@ -120,7 +120,7 @@ def test_metrics_of_a_crashed_worker_stay_counted_in_its_slot(record_dir):
         while time.monotonic() < deadline and total(
                 scrape(url), "udp_reader_delivered_total") < 100:
             time.sleep(0.1)
-        pid = next(l for l in server.lines if " ready on slot " in l).split()[2]
+        pid = server.ready_workers()[0][0]
         os.kill(int(pid), signal.SIGKILL)
         server.wait_for("takes over its socket and queue")
         server.wait_for(" ready on slot 0", 2)
@@ -149,14 +149,14 @@ def test_metrics_survive_an_upgrade_on_the_same_port(record_dir):
     try:
         url = metrics_url(server)
         server.wait_for(" ready on slot 0")
-        old_worker = next(l for l in server.lines if " ready on slot " in l).split()[2]
+        old_worker = server.ready_workers()[0][0]
         assert ("udp_reader_worker_state", (("pid", old_worker), ("slot", "0"),
                                             ("state", "serving"))) in scrape(url)
         server.proc.send_signal(signal.SIGUSR2)
         assert server.proc.wait(DEADLINE) == 0  # the old master left: the new one is ready
         server.wait_for(f"metrics on http://127.0.0.1:{port}/metrics", 2)
         assert not any("in use" in l for l in server.lines)
-        new_worker = [l for l in server.lines if " ready on slot " in l][-1].split()[2]
+        new_worker = server.ready_workers()[-1][0]
         assert new_worker != old_worker
         samples = scrape(url)  # the new master answers
         assert samples[("udp_reader_phase", (("phase", "running"),))] == 1

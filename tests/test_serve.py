@@ -46,6 +46,11 @@ class Server:
                 self.lines.append(line.rstrip("\n"))
                 self._new.notify_all()
 
+    def ready_workers(self) -> list[tuple[str, str]]:
+        """(pid, slot) of every "worker PID ready on slot N" logged so far."""
+        return [m.groups() for l in self.lines
+                if (m := re.search(r"worker (\d+) ready on slot (\d+)", l))]
+
     def wait_for(self, text: str, count: int = 1) -> None:
         with self._new:
             ok = self._new.wait_for(lambda: sum(text in l for l in self.lines) >= count,
@@ -150,7 +155,7 @@ def test_killed_worker_is_replaced_on_the_same_socket(record_dir):
     server = Server("flaky:on_packet", record_dir=record_dir)
     server.wait_for("worker")
     server.wait_for("serving")
-    pid = int(next(l for l in server.lines if "ready" in l).split()[2])
+    pid = int(server.ready_workers()[0][0])
     os.kill(pid, signal.SIGKILL)
     server.wait_for("takes over its socket and queue")
     server.wait_for("ready", 2)
@@ -188,7 +193,8 @@ def test_unwritable_pid_file_is_a_clear_error(record_dir):
     (["--min-size", "10", "--max-size", "2"], "must not exceed"),
     (["--handoff", "/tmp"], "closed to others (mode 0700)"),
     (["--graceful-timeout", "0"], "--graceful-timeout must be positive"),
-    (["--timeout", "0"], "--timeout must be positive"),
+    (["--timeout", "-1"], "--timeout must be 0 (never) or positive"),
+    (["--timeout", "inf"], "--timeout must be 0 (never) or positive"),
     (["--max-packets", "-1"], "--max-packets must be at least 1"),
     (["--max-packets", "5", "--max-packets-jitter", "-1"], "--max-packets-jitter must be 0"),
     (["--user", "no-such-user-here"], "--user: no user 'no-such-user-here'"),
@@ -196,15 +202,20 @@ def test_unwritable_pid_file_is_a_clear_error(record_dir):
     (["--steer", "cpu", "--workers", str(len(os.sched_getaffinity(0)) + 1)], "CPU(s)"),
     (["--user", "nobody", "--group", "no-such-group-here"], "--group: no group"),
     (["--rcvbuf", "-1"], "--rcvbuf must be a positive int"),
-    (["--shared", "--takeover", "/proc/no/such/dir"], "No such file or directory"),
+    (["--shared", "--takeover", "/proc/no/such/dir"], "--takeover /proc/no/such/dir: no such"),
     (["--shared", "--takeover", "{record_dir}/run"], "no handoff at"),
+    (["--pid-file", "{record_dir}"], "is a directory"),
 ])
 def test_impossible_serve_options(record_dir, args, words):
     args = [a.format(record_dir=record_dir) for a in args]
+    os.makedirs(os.path.join(record_dir, "run"), mode=0o700)  # a --handoff nobody serves
     server = Server("flaky:on_packet", *args, record_dir=record_dir)
     assert server.proc.wait(DEADLINE) == 2
     server.stop()
     assert words in server.lines[-1]
+    assert not os.path.exists("/proc/no/such/dir")
+    # Nothing left behind: no stray pid file beside a --pid-file that was refused.
+    assert not [n for n in os.listdir(os.path.dirname(record_dir)) if n.startswith(".udp-reader-")]
 
 
 def test_pid_file_replaces_a_planted_link_and_never_follows_it(record_dir):

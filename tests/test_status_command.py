@@ -36,7 +36,7 @@ def test_status_of_a_running_server_then_of_a_stopped_one(record_dir):
                     record_dir=record_dir)
     try:
         server.wait_for("serving")
-        workers = {l.split()[2]: l.split()[-1] for l in server.lines if " ready on slot " in l}
+        workers = dict(server.ready_workers())
         assert len(workers) == 2
         for flow in range(10):
             send(("127.0.0.1", server.port),

@@ -228,8 +228,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from udp_reader.serve import logs
     from udp_reader.serve.arbiter import Arbiter, StartError
     from udp_reader.serve.config import Config
+
+    logs.configure(logging.getLogger().getEffectiveLevel(), "udp-reader")
 
     try:
         config = Config.from_args(args)

@@ -8,8 +8,12 @@ socket to a new worker like a baton: the new one gets ready without
 reading, the old one finishes the receive it holds and says so, then the new
 one reads. The group never changes, so neither does any flow's slot.
 
-Signals are a table (SIGNALS); each handler only records what was asked,
-and the loop advances every slot and worker a step at a time:
+Signals are a table (Arbiter.handlers, one handle_* method per signal);
+each handler only records what was asked, and the loop advances every slot
+and worker a step at a time. Signals are read from the wake-up pipe, one
+byte per delivery, so a burst of TTINs counts each one the kernel delivered
+(two sent within microseconds of each other may still merge: standard
+signals do not queue):
 
     HUP         rolling restart (HUPs during one merge into one more)
     TERM        graceful stop; INT too, and a second INT makes it fast
@@ -30,10 +34,10 @@ import signal
 import socket
 import subprocess
 import time
-from typing import Deque, Dict, Iterator, List, Optional, Tuple
+from typing import Callable, Deque, Dict, Iterator, List, Optional, Tuple
 
 from udp_reader import handoff, multicast, sockets, systemd
-from udp_reader.serve import privileges, protocol, statusfile, steering, upgrade
+from udp_reader.serve import clock, privileges, protocol, statusfile, steering, upgrade
 from udp_reader.serve import metrics  # --metrics
 from udp_reader.serve.config import Config
 from udp_reader.serve.listeners import Listener
@@ -48,15 +52,6 @@ KILL_GRACE = 2.0        # past --graceful-timeout before a leaving worker is kil
 FAST_STOP = 5.0         # longest a fast stop waits before it kills
 MAX_BACKOFF = 30.0      # between attempts to start a worker for a slot without one
 
-SIGNALS: Dict[int, str] = {
-    signal.SIGHUP: "reload",
-    signal.SIGTERM: "stop",
-    signal.SIGINT: "interrupt",
-    signal.SIGQUIT: "quit",
-    signal.SIGTTIN: "more",
-    signal.SIGTTOU: "fewer",
-    signal.SIGUSR2: "upgrade",
-}
 
 
 class StartError(Exception):
@@ -79,6 +74,7 @@ class Slot:
         self.draining = False   # out of the group: read until empty, then closed
         self.served = False     # has had a reader: a failed start is retried
         self.failures = 0
+        self.failed_at = -NEVER
         self.retry_at = 0.0
         self.handover_at = NEVER
 
@@ -99,6 +95,7 @@ class Arbiter:
         self.reloading = False
         self.upgrade_asked = False
         self.fast = False
+        self.interrupts = 0
         self.announced = False
         self.port: Optional[int] = None
         self.address = ""
@@ -111,7 +108,11 @@ class Arbiter:
         # takeover peers. While any does, no socket is shed.
         self.predecessor: Optional[upgrade.Predecessor] = None
         self.predecessor_fd: Optional[int] = None
-        self.successor: Optional[subprocess.Popen] = None
+        self.predecessor_told = False  # asked to leave: it no longer serves
+        self.new_master: Optional[subprocess.Popen] = None  # USR2
+        self.new_master_fd: Optional[int] = None  # it writes a byte here once ready
+        self.new_master_ready = False
+        self.abandoned: List[subprocess.Popen] = []  # new masters stopped before ready
         self.peers: List[socket.socket] = []
         self.handover_deadline = NEVER
         self.totals: collections.Counter = collections.Counter()
@@ -124,6 +125,15 @@ class Arbiter:
         self.steered_for = 0
         self.metrics: Optional[metrics.MetricsServer] = None  # --metrics
         self.latest: Optional[dict] = None  # last snapshot published; the metrics thread reads it
+        self.handlers: Dict[int, Callable[[], None]] = {
+            signal.SIGHUP: self.handle_hup,
+            signal.SIGTERM: self.handle_term,
+            signal.SIGINT: self.handle_int,
+            signal.SIGQUIT: self.handle_quit,
+            signal.SIGTTIN: self.handle_ttin,
+            signal.SIGTTOU: self.handle_ttou,
+            signal.SIGUSR2: self.handle_usr2,
+        }
 
     # -- set-up and the loop ---------------------------------------------------------
 
@@ -141,7 +151,8 @@ class Arbiter:
                 try:
                     self.pid_file = PidFile(c.pid_file)
                 except OSError as e:
-                    raise StartError(f"cannot write pid file {c.pid_file}: {e.strerror}") from None
+                    raise StartError(f"cannot write pid file {c.pid_file}: "
+                                     f"{e.strerror or e}") from None
             if c.handoff_dir:
                 self.handoff_path = handoff.private_path(c.handoff_dir)
             self.credentials = privileges.resolve(c.user, c.group)
@@ -161,14 +172,19 @@ class Arbiter:
         self._wakeup = (read_end, write_end)
         self.selector.register(read_end, selectors.EVENT_READ, "wakeup")
         signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
-        for sig in (*SIGNALS, signal.SIGCHLD):
-            signal.signal(sig, lambda signum, _frame: self.signals.append(signum))
+        # The C-level handler writes each delivery's number to the pipe;
+        # Python's own handler calls merge, so they do nothing.
+        for sig in (*self.handlers, signal.SIGCHLD):
+            signal.signal(sig, lambda signum, _frame: None)
 
     def _open_listeners(self) -> None:
         c = self.config
         self.shared = self.shared or bool(c.join)  # --join: see _join_groups
         self.predecessor, handed = upgrade.inherited()
         if not handed and c.takeover_dir:
+            if not os.path.isdir(c.takeover_dir):
+                raise StartError(f"--takeover {c.takeover_dir}: no such directory (give the "
+                                 "--handoff directory of the running master)")
             conn, handed = upgrade.take_over(c.takeover_dir)
             self._add_peer(conn)
         if self.predecessor is not None:
@@ -195,7 +211,7 @@ class Arbiter:
                 raise StartError(f"--steer {c.steer} needs a socket per worker; "
                                  "these workers share the one passed")
             self.shared = True
-            first = Listener(handed[0].sock, external=handed[0].external)
+            first = Listener(handed[0].sock, external=handed[0].external, passed=True)
             if len(handed) > 1:
                 log.warning("serving only the first of %d sockets passed", len(handed))
             for extra in handed[1:]:
@@ -205,7 +221,7 @@ class Arbiter:
             return
         for h in handed:
             assert h.slot is not None
-            self.slots.append(Slot(h.slot, Listener(h.sock)))
+            self.slots.append(Slot(h.slot, Listener(h.sock, passed=True)))
         self.target = max(self.target, len(self.slots))
         self._add_missing_slots()
 
@@ -241,11 +257,11 @@ class Arbiter:
             self._wait()
             self._reap()
             while self.signals:
-                name = SIGNALS.get(self.signals.popleft())
-                if name is not None:
-                    getattr(self, "on_" + name)()
+                handler = self.handlers.get(self.signals.popleft())
+                if handler is not None:
+                    handler()
             self._check_successor()
-            now = time.monotonic()
+            now = clock.now()
             if self.phase is not Phase.STOPPING:
                 self._advance(now)
             self._check_deadlines(now)
@@ -262,14 +278,16 @@ class Arbiter:
             data = key.data
             if data == "wakeup":
                 try:
-                    while os.read(key.fd, 512):
-                        pass
+                    while chunk := os.read(key.fd, 512):
+                        self.signals.extend(chunk)  # one signal number per byte
                 except BlockingIOError:
                     pass
             elif data == "handoff":
                 self._offer()
             elif data == "predecessor":
                 self._predecessor_gone()
+            elif data == "new master":
+                self._new_master_spoke()
             elif isinstance(data, socket.socket):
                 self._peer_spoke(data)
             elif not data.read_status():
@@ -277,7 +295,7 @@ class Arbiter:
 
     # -- signals ---------------------------------------------------------------------
 
-    def on_reload(self) -> None:
+    def handle_hup(self) -> None:
         if self.phase is not Phase.RUNNING:
             log.info("HUP ignored while %s", self.phase.value)
             return
@@ -287,24 +305,30 @@ class Arbiter:
             systemd.notify_reloading()
         log.info("rolling restart of %d worker(s)", len(self.slots))
 
-    def on_stop(self) -> None:
-        self._begin_stop(fast=False)
+    def handle_term(self) -> None:
+        self._stop_service(signal.SIGTERM, fast=False)
 
-    def on_interrupt(self) -> None:
-        self._begin_stop(fast=self.phase is Phase.STOPPING)
+    def handle_int(self) -> None:
+        self.interrupts += 1  # Ctrl-C twice: fast
+        self._stop_service(signal.SIGINT, fast=self.interrupts > 1)
 
-    def on_quit(self) -> None:
-        self._begin_stop(fast=True)
+    def handle_quit(self) -> None:
+        self._stop_service(signal.SIGQUIT, fast=True)
 
-    def on_more(self) -> None:
+    def handle_ttin(self) -> None:
         if self.phase is Phase.STOPPING:
             return
-        if self.config.steer == "cpu" and self.target >= len(self.cpus):
+        if self.new_master is not None:
+            # The new master has our sockets as they were: a slot added
+            # here would leave with us.
+            log.warning("TTIN ignored: an upgrade is under way; send it to the new master "
+                        "once it is ready")
+        elif self.config.steer == "cpu" and self.target >= len(self.cpus):
             log.warning("TTIN ignored: --steer cpu runs one worker per CPU (%d)", len(self.cpus))
         else:
             self.target += 1
 
-    def on_fewer(self) -> None:
+    def handle_ttou(self) -> None:
         if self.phase is Phase.STOPPING:
             return
         if self.target <= 1:
@@ -315,8 +339,8 @@ class Arbiter:
         else:
             self.target -= 1
 
-    def on_upgrade(self) -> None:
-        if self.successor is not None:
+    def handle_usr2(self) -> None:
+        if self.new_master is not None:
             log.warning("USR2 ignored: an upgrade is already under way")
         elif self.phase is not Phase.STOPPING:
             self.upgrade_asked = True  # done once no restart is under way
@@ -375,7 +399,10 @@ class Arbiter:
 
     def _spawn(self, slot: Slot, now: float) -> None:
         c = self.config
+        recycle_at = (None if c.max_packets is None
+                      else c.max_packets + random.randint(0, c.max_packets_jitter))
         config = {"handler": c.handler, "batches": c.batches, "grace": c.grace,
+                  "recycle_at": recycle_at,
                   "graceful_timeout": c.graceful_timeout,
                   "reader": dict(c.reader.as_kwargs(), rcvbuf=None),
                   "credentials": self.credentials,
@@ -387,8 +414,6 @@ class Arbiter:
         except OSError as e:
             self._start_failed(slot, f"cannot start a worker: {e.strerror or e}")
             return
-        if c.max_packets is not None:
-            worker.recycle_at = c.max_packets + random.randint(0, c.max_packets_jitter)
         self.workers[worker.pid] = worker
         self.selector.register(worker.status_fd, selectors.EVENT_READ, worker)
         slot.successor = worker
@@ -409,11 +434,11 @@ class Arbiter:
                 self._start_failed(slot, _text(e))
                 return
         if slot.draining:
-            new.tell(protocol.DRAIN, State.LEAVING, time.monotonic() + self._leave_limit())
+            new.tell(protocol.DRAIN, State.LEAVING, clock.now() + self._leave_limit())
         else:
             new.tell(protocol.GO, State.SERVING, NEVER)
         slot.worker, slot.successor = new, None
-        slot.served, slot.failures, slot.handover_at = True, 0, NEVER
+        slot.served, slot.handover_at = True, NEVER
         log.info("worker %d ready on %s", new.pid, slot)
 
     def _forget_successor(self, slot: Slot) -> None:
@@ -427,7 +452,7 @@ class Arbiter:
         it cannot hear a command yet."""
         if worker.state is State.STARTING:
             worker.kill()
-        worker.tell(protocol.QUIT, State.LEAVING, time.monotonic() + FAST_STOP)
+        worker.tell(protocol.QUIT, State.LEAVING, clock.now() + FAST_STOP)
 
     def _start_failed(self, slot: Slot, why: str) -> None:
         slot.successor = None
@@ -436,7 +461,13 @@ class Arbiter:
         if slot.draining:
             self._retry_later(slot, why)
         elif slot.worker is not None:
-            log.error("%s; rolling restart aborted, the running workers carry on", why)
+            if self.reloading:
+                log.error("%s; rolling restart aborted, the running workers carry on", why)
+                self.reloading = False  # not complete: never reported as a restart
+                self.events["restarts_aborted"] += 1
+                systemd.notify("READY=1", self._status())
+            else:
+                log.error("%s; %r carries on", why, slot.worker)
             self._back_off(slot)  # a worker due for replacement (--max-packets) waits
             for other in self.slots:
                 if other.worker is not None and other.successor is not None:
@@ -467,10 +498,16 @@ class Arbiter:
 
     @staticmethod
     def _back_off(slot: Slot) -> float:
-        """1 s, 2 s, 4 s ... up to MAX_BACKOFF between a slot's failed starts."""
+        """1 s, 2 s, 4 s ... up to MAX_BACKOFF between a slot's failures (a
+        worker that cannot start, or that fails by itself), from 1 s again
+        once the slot has gone 2 x MAX_BACKOFF without one."""
+        now = clock.now()
+        if now - slot.failed_at > 2 * MAX_BACKOFF:
+            slot.failures = 0
         slot.failures += 1
+        slot.failed_at = now
         delay = min(2.0 ** (slot.failures - 1), MAX_BACKOFF)
-        slot.retry_at = time.monotonic() + delay
+        slot.retry_at = now + delay
         return delay
 
     def _to_drains(self, slot: Slot) -> None:
@@ -479,7 +516,7 @@ class Arbiter:
         slot.draining = True
         self.drains.append(slot)
         if slot.worker is not None and slot.worker.state is State.SERVING:
-            slot.worker.tell(protocol.DRAIN, State.LEAVING, time.monotonic() + self._leave_limit())
+            slot.worker.tell(protocol.DRAIN, State.LEAVING, clock.now() + self._leave_limit())
 
     def _resize(self) -> None:
         while len(self.slots) < self.target:
@@ -498,7 +535,7 @@ class Arbiter:
                 self.slots.remove(slot)
                 if slot.worker is not None:
                     slot.worker.tell(protocol.RETIRE, State.LEAVING,
-                                     time.monotonic() + self._leave_limit())
+                                     clock.now() + self._leave_limit())
                 if not self.shared:
                     slot.listener.close(discard=False)
             else:
@@ -531,10 +568,8 @@ class Arbiter:
         if self.predecessor_fd is not None:
             assert self.predecessor is not None
             log.info("new workers ready; asking the old master %d to leave", self.predecessor.pid)
-            try:
-                os.kill(self.predecessor.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
+            upgrade.tell_to_leave(self.predecessor)
+            self.predecessor_told = True
             self.phase, self.handover_deadline = Phase.HANDOVER, now + HANDOVER_WAIT
         else:
             self.phase = Phase.RUNNING
@@ -599,8 +634,16 @@ class Arbiter:
             log.error("%r was killed%s", worker, lost)
         elif slot is not None and self.phase is not Phase.STOPPING:
             self.events["exits_crashed"] += 1
-            log.error("%r died (%s)%s; a new worker takes over its socket and queue",
-                      worker, exit_reason(code), lost)
+            why = exit_reason(code) + (f": {worker.error}" if worker.error else "")
+            if code > 0:
+                # It failed by itself (its reader, the handler's sys.exit):
+                # likely again at once, so the replacement backs off.
+                delay = self._back_off(slot)
+                log.error("%r died (%s)%s; a new worker takes over its socket and queue "
+                          "in %.0f s", worker, why, lost, delay)
+            else:
+                log.error("%r died (%s)%s; a new worker takes over its socket and queue",
+                          worker, why, lost)
         else:
             self.events["exits_crashed"] += 1
             log.error("%r failed while leaving (%s)%s", worker, exit_reason(code), lost)
@@ -622,6 +665,8 @@ class Arbiter:
                         left, slot)
 
     def _check_deadlines(self, now: float) -> None:
+        for worker in self.workers.values():
+            worker.read_status()  # what came while the master was busy or paused counts
         for worker in list(self.workers.values()):
             if worker.state is State.SERVING:
                 self._check_serving(worker, now)
@@ -643,7 +688,7 @@ class Arbiter:
         """--timeout: a handler call that does not return, or a worker that
         stopped talking (its link thread starved); --max-packets."""
         timeout = self.config.timeout
-        if timeout is not None:
+        if timeout:
             busy = worker.stats.get("busy_for", 0)
             silent = now - worker.last_heard - protocol.STATS_INTERVAL
             if busy > timeout or silent > timeout:
@@ -651,9 +696,9 @@ class Arbiter:
                           "its stack follows, then SIGKILL", worker, max(busy, silent), timeout)
                 worker.dump_and_kill(now)
                 return
-        if worker.generation >= 0 and worker.stats.get("delivered", 0) >= worker.recycle_at:
+        if worker.generation >= 0 and worker.recycle:
             log.info("%r handled %d packets (--max-packets); replacing it", worker,
-                     worker.stats["delivered"])
+                     worker.stats.get("delivered", 0))
             worker.generation = -1  # stale: its slot passes to a new worker
 
     def _leave_limit(self) -> float:
@@ -669,7 +714,7 @@ class Arbiter:
         self.fast = fast
         first = self.phase is not Phase.STOPPING
         self.phase = Phase.STOPPING
-        now = time.monotonic()
+        now = clock.now()
         if first:
             systemd.notify("STOPPING=1")
         log.info("%s stop of %d worker(s)", "fast" if fast else "graceful", len(self.workers))
@@ -703,9 +748,8 @@ class Arbiter:
         for worker in self.workers.values():  # left only by an error
             worker.kill()
             worker.close()
-        sole = not self._co_held()
         for slot, listener in self._listeners():
-            left = listener.close(discard=sole and not listener.external)
+            left = listener.close(discard=self._may_shed(listener))
             if left:
                 log.warning("%d datagram(s) still queued on the socket of %s were "
                             "discarded at close", left, slot)
@@ -713,6 +757,7 @@ class Arbiter:
             peer.close()
         if self.predecessor_fd is not None:
             os.close(self.predecessor_fd)
+        self._close_new_master_fd()
         if self.handoff_server is not None:
             self.handoff_server.close()
         if self.pid_file is not None:
@@ -725,37 +770,94 @@ class Arbiter:
     # -- others holding our sockets --------------------------------------------------------
 
     def _co_held(self) -> bool:
-        return bool(self.peers) or self.successor is not None or self.predecessor_fd is not None
+        """Another master holds our sockets and goes on serving them: a
+        takeover peer, the new master of an upgrade, or the old master
+        until it is asked to leave."""
+        return (bool(self.peers) or self.new_master is not None
+                or (self.predecessor_fd is not None and not self.predecessor_told))
 
     def _may_shed(self, listener: Listener) -> bool:
-        return not listener.external and not self._co_held()
+        """Ours alone: a socket opened since the others took theirs (TTIN
+        while a takeover peer holds the rest) is, and is shed and drained."""
+        return not listener.external and not (listener.passed and self._co_held())
 
     def _handed(self) -> List[Tuple[int, socket.socket, bool]]:
         """The sockets of the port's group, to hand to another master."""
-        return [(slot.index, listener.sock, listener.external)
-                for slot, listener in self._listeners(drains=False) if listener.unbound is None]
+        listeners = [(slot, listener) for slot, listener in self._listeners(drains=False)
+                     if listener.unbound is None]
+        for _, listener in listeners:
+            listener.passed = True
+        return [(slot.index, listener.sock, listener.external) for slot, listener in listeners]
 
     def _upgrade(self) -> None:
         self.upgrade_asked = False
         try:
-            self.successor = upgrade.start_successor(self.config.argv, self._handed(),
-                                                     self.target)
+            self.new_master, self.new_master_fd = upgrade.start_successor(
+                self.config.argv, self._handed(), self.target)
         except OSError as e:
             log.error("cannot start a new master: %s; this master carries on",
                       e.strerror or e)
             return
+        self.selector.register(self.new_master_fd, selectors.EVENT_READ, "new master")
         if self.pid_file is not None:
             self.pid_file.set_aside()
-        log.info("upgrading: new master %d started", self.successor.pid)
+        log.info("upgrading: new master %d started", self.new_master.pid)
+
+    def _new_master_spoke(self) -> None:
+        """A byte: the new master is ready and this one leaves. End of file
+        without one: it is exiting (_check_successor tells why)."""
+        assert self.new_master_fd is not None and self.new_master is not None
+        try:
+            ready = os.read(self.new_master_fd, 1)
+        except BlockingIOError:
+            return
+        self._close_new_master_fd()
+        if ready and self.phase is not Phase.STOPPING:
+            self.new_master_ready = True
+            log.info("the new master %d is ready; this master leaves", self.new_master.pid)
+            self._begin_stop(fast=False)
+
+    def _close_new_master_fd(self) -> None:
+        if self.new_master_fd is not None:
+            self.selector.unregister(self.new_master_fd)
+            os.close(self.new_master_fd)
+            self.new_master_fd = None
 
     def _check_successor(self) -> None:
-        if self.successor is None or self.successor.poll() is None:
+        self.abandoned = [p for p in self.abandoned if p.poll() is None]
+        if self.new_master is None or self.new_master.poll() is None:
             return
-        log.error("the new master exited (%s) before it was ready; this master carries on",
-                  exit_reason(self.successor.returncode))
-        self.successor = None
-        if self.pid_file is not None:
-            self.pid_file.restore()
+        self._close_new_master_fd()
+        if self.new_master_ready:
+            log.warning("the new master %d exited (%s)", self.new_master.pid,
+                        exit_reason(self.new_master.returncode))
+        else:
+            log.error("the new master exited (%s) before it was ready; this master carries on",
+                      exit_reason(self.new_master.returncode))
+            if self.pid_file is not None:
+                self.pid_file.restore()
+        self.new_master = None
+
+    def _stop_service(self, sig: int, fast: bool) -> None:
+        """TERM, INT or QUIT. During an upgrade it is the service's stop:
+        the new master gets the same signal. One not yet ready never read,
+        so this master is the only one serving again and drains as usual."""
+        if self.new_master is not None:
+            log.info("a stop during an upgrade: passing %s to the new master %d",
+                     signal.Signals(sig).name, self.new_master.pid)
+            try:
+                # INT as TERM: from a terminal the new master may get the
+                # INT itself too, and two INTs would make its stop fast.
+                self.new_master.send_signal(signal.SIGTERM if sig == signal.SIGINT else sig)
+            except ProcessLookupError:
+                pass
+            if not self.new_master_ready:
+                self._close_new_master_fd()
+                self.abandoned.append(self.new_master)
+                self.new_master = None
+                if self.pid_file is not None:
+                    self.pid_file.restore()
+        self._begin_stop(fast)
 
     def _predecessor_gone(self) -> None:
         assert self.predecessor_fd is not None
@@ -836,10 +938,16 @@ class Arbiter:
                              "stats": w.stats} for w in workers],
                 "totals": dict(live),
             })
+        others = {"old_master": self.predecessor.pid if self.predecessor is not None
+                  and self.predecessor_fd is not None else None,
+                  "new_master": self.new_master.pid if self.new_master is not None else None,
+                  "takeover_peers": len(self.peers) or None}
         return {"pid": os.getpid(), "address": self.address, "time": time.time(),
                 "phase": self.phase.value, "workers": self.target, "slots": slots,
                 "events": dict(self.events), "kernel_drops": self.kernel_drops,
-                "shared": self.shared}
+                "shared": self.shared,
+                # Other masters holding these sockets (an upgrade, a takeover).
+                "others": {k: v for k, v in others.items() if v is not None}}
 
     def _publish(self) -> None:
         if not self.announced or (self.pid_file is None and self.metrics is None):

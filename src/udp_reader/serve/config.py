@@ -43,7 +43,11 @@ class Config:
     takeover_dir: Optional[str] = None  # take the sockets of a running master
     user: Optional[str] = None          # workers run as (name or id)
     group: Optional[str] = None
-    timeout: Optional[float] = None     # a handler call longer than this kills its worker
+    # A handler call (or a worker's silence) longer than this kills the
+    # worker; 0 never does. A queue holds seconds of traffic, not tens: a
+    # worker stuck 10 s is already losing datagrams, and the master's own
+    # pauses are not counted against it (clock.py).
+    timeout: float = 10.0
     max_packets: Optional[int] = None   # a worker is replaced after about this many
     max_packets_jitter: int = 0
     steer: str = "hash"                 # see steering.py
@@ -56,9 +60,11 @@ class Config:
         if self.grace < 0:
             raise ValueError(f"--grace must be 0 or more, not {self.grace:g}")
         for flag, value in (("--graceful-timeout", self.graceful_timeout),
-                            ("--start-timeout", self.start_timeout), ("--timeout", self.timeout)):
-            if value is not None and not value > 0:
+                            ("--start-timeout", self.start_timeout)):
+            if not value > 0:
                 raise ValueError(f"{flag} must be positive, not {value:g}")
+        if not 0 <= self.timeout < float("inf"):
+            raise ValueError(f"--timeout must be 0 (never) or positive, not {self.timeout:g}")
         if self.max_packets is not None and self.max_packets < 1:
             raise ValueError(f"--max-packets must be at least 1, not {self.max_packets}")
         if self.steer not in steering.MODES:
@@ -138,9 +144,10 @@ def add_parser(sub: "argparse._SubParsersAction") -> argparse.ArgumentParser:
                        ("start_timeout", "longest a new worker may take to be ready")):
         serve.add_argument("--" + name.replace("_", "-"), type=float, default=_DEFAULTS[name],
                            metavar="S", help=f"{what}, seconds (default %(default)s)")
-    serve.add_argument("--timeout", type=float, metavar="S",
+    serve.add_argument("--timeout", type=float, default=_DEFAULTS["timeout"], metavar="S",
                        help="a worker whose handler has not returned for S seconds is "
-                            "killed (its stack logged) and replaced on the same socket")
+                            "killed (its stack logged) and replaced on the same socket; "
+                            "0: never (default %(default)s)")
     serve.add_argument("--max-packets", type=int, metavar="N",
                        help="replace a worker, without loss, after it handled about N packets")
     serve.add_argument("--max-packets-jitter", type=int, default=0, metavar="J",

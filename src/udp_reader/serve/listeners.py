@@ -17,10 +17,11 @@ from udp_reader import sockets
 
 class Listener:
     def __init__(self, sock: socket.socket, sockaddr: Optional[tuple] = None, *,
-                 external: bool = False) -> None:
+                 external: bool = False, passed: bool = False) -> None:
         self.sock = sock
         self.unbound = sockaddr     # where to bind it once its reader is ready
         self.external = external
+        self.passed = passed        # handed to or from another master: it may hold it too
         self._peer: Optional[socket.socket] = None  # our throwaway peer, once shed
         self._drops = sockets.kernel_drops(sock)
         self.drops_seen = 0  # since the master took it

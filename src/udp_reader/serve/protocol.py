@@ -12,7 +12,8 @@ input means the master is gone.
     {"ready": true}     handler imported, reader set up, not reading yet
     {"released": true}  stopped reading, and delivered what it had taken
     {"stats": {...}}    counters, every STATS_INTERVAL seconds and at exit
-    {"error": "..."}    why it could not start
+    {"recycle": true}   handled its --max-packets: reads no more, awaits retire
+    {"error": "..."}    why it could not start, or why its reader failed
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ CONFIG_ENV = "UDP_READER_WORKER"  # the worker's configuration, as JSON
 SLOT_ENV = "UDP_READER_SLOT"      # the handler may read its slot number here
 STATS_INTERVAL = 1.0
 EXIT_START_FAILED = 3
+EXIT_READER_FAILED = 4
 
 
 def encode(**message: Any) -> bytes:

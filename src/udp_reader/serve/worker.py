@@ -29,8 +29,8 @@ import threading
 import time
 from typing import Any, Callable, Optional, Tuple
 
-from udp_reader import Reader, answering, sockets
-from udp_reader.serve import privileges, protocol
+from udp_reader import Reader, ReceiveError, answering, sockets
+from udp_reader.serve import logs, privileges, protocol
 
 log = logging.getLogger("udp_reader")
 
@@ -109,6 +109,8 @@ class Worker:
         self._status_lock = threading.Lock()
         self.command: Optional[str] = None  # the master's last word that ends reading
         self._commanded = threading.Event()
+        self._leaving = threading.Event()   # a command other than go came
+        self._recycled = False  # --max-packets reached: waiting for the successor
         self.errors = RateLimitedLog()
         self.reader: Optional[Reader] = None
         self._busy_since: Optional[float] = None
@@ -128,7 +130,8 @@ class Worker:
         assert self.reader is not None
         frame = sys._current_frames().get(threading.main_thread().ident or 0)
         delivered = self.reader.stats.delivered
-        waiting = frame is None or frame.f_code is Worker._serve.__code__
+        waiting = (frame is None or frame.f_code is Worker._serve.__code__
+                   or self._recycled)
         if waiting or delivered != self._last_delivered or self.command != protocol.GO:
             self._busy_since = None
         elif self._busy_since is None:
@@ -150,6 +153,8 @@ class Worker:
             return
         self.command = command
         self._commanded.set()
+        if command != protocol.GO:
+            self._leaving.set()
         if previous is not None and self.reader is not None:
             self.reader.stop()  # ends the run (or the leaving) under way
 
@@ -198,9 +203,16 @@ class Worker:
         threading.Thread(target=self._link, name="master-link", daemon=True).start()
         self.report(ready=True)
         self._commanded.wait()
-        if self.command == protocol.GO:
-            self._serve(handler)
-        self._leave(handler)
+        try:
+            if self.command == protocol.GO:
+                self._serve(handler)
+            self._leave(handler)
+        except ReceiveError as e:
+            # Not the handler's: a new worker takes over the socket, after
+            # the master's back-off, rather than this one spinning.
+            log.error("the reader failed: %s; leaving", e)
+            self.report(error=f"the reader failed: {e}", stats=self.stats())
+            return protocol.EXIT_READER_FAILED
         self.errors.flush()
         self.report(released=True)
         if stop is not None:  # after the last packet: the handler flushes its sink
@@ -214,9 +226,20 @@ class Worker:
     def _serve(self, handler: Callable[..., Any]) -> None:
         assert self.reader is not None
         run = self.reader.run_batches if self.config["batches"] else self.reader.run
+        recycle_at = self.config["recycle_at"]  # --max-packets
         while self.command == protocol.GO:
+            left = None if recycle_at is None else recycle_at - self.reader.stats.delivered
+            if left is not None and left <= 0:
+                # Read no more: the queue holds what comes until the master's
+                # new worker is ready and this one is told to retire.
+                self._recycled = True
+                self.report(recycle=True, stats=self.stats())
+                self._leaving.wait()
+                return
             try:
-                run(handler)
+                run(handler, count=left)
+            except ReceiveError:
+                raise
             except Exception as e:  # the handler's: log it and carry on
                 self.errors.error(e)
 
@@ -244,9 +267,8 @@ class Worker:
 
 def main() -> int:
     config = json.loads(os.environ.pop(protocol.CONFIG_ENV))
-    logging.basicConfig(level=config["log_level"], stream=sys.stderr,
-                        format=f"udp-reader[worker {os.getpid()} slot "
-                               f"{os.environ.get(protocol.SLOT_ENV, '?')}]: %(message)s")
+    logs.configure(config["log_level"], f"udp-reader[worker {os.getpid()} slot "
+                                        f"{os.environ.get(protocol.SLOT_ENV, '?')}]")
     return Worker(config).main()
 
 

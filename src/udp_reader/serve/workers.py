@@ -13,7 +13,7 @@ import sys
 import time
 from typing import Any, Dict, Optional
 
-from udp_reader.serve import protocol
+from udp_reader.serve import clock, protocol
 
 log = logging.getLogger("udp_reader")
 NEVER = float("inf")
@@ -41,10 +41,10 @@ class WorkerProcess:
         self.stats: Dict[str, Any] = {}
         self.error = ""
         self.released = False
+        self.recycle = False   # handled its --max-packets; reads no more
         self.reads = False
         self.started = time.time()
-        self.last_heard = time.monotonic()
-        self.recycle_at = NEVER   # --max-packets
+        self.last_heard = clock.now()
         self._pending = b""
 
     def tell(self, command: str, state: State, deadline: float) -> None:
@@ -66,7 +66,7 @@ class WorkerProcess:
             return False
         if not chunk:
             return False
-        self.last_heard = time.monotonic()
+        self.last_heard = clock.now()
         lines, self._pending = protocol.split_lines(self._pending, chunk)
         for line in lines:
             message = protocol.decode(line)
@@ -74,6 +74,8 @@ class WorkerProcess:
                 self.state = State.READY
             if message.get("released"):
                 self.released = True
+            if message.get("recycle"):
+                self.recycle = True
             if isinstance(message.get("stats"), dict):
                 self.stats = message["stats"]
             if "error" in message:
@@ -131,7 +133,7 @@ def spawn(sock_fd: int, slot: int, generation: int, config: Dict[str, Any],
     os.set_blocking(status_read, False)
     os.set_blocking(control_write, False)
     return WorkerProcess(proc, slot, generation, status_read, control_write,
-                         time.monotonic() + start_timeout)
+                         clock.now() + start_timeout)
 
 
 def exit_reason(code: int) -> str:
@@ -139,4 +141,6 @@ def exit_reason(code: int) -> str:
         return f"killed by {signal.Signals(-code).name}"
     if code == protocol.EXIT_START_FAILED:
         return "its handler or socket could not be set up"
+    if code == protocol.EXIT_READER_FAILED:
+        return "its reader failed"
     return f"exit code {code}"
