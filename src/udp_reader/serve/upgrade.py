@@ -18,10 +18,10 @@ import json
 import os
 import socket
 import subprocess
-import sys
 from typing import List, NamedTuple, Optional, Sequence, Tuple
 
 from udp_reader import handoff, systemd
+from udp_reader.serve import bootstrap
 
 UPGRADE_ENV = "UDP_READER_UPGRADE_FROM"  # {"pid": ..., "workers": ...} of the old master
 
@@ -64,7 +64,7 @@ def start_successor(argv: Sequence[str], handed: Sequence[Tuple[int, socket.sock
     env = dict(os.environ, **{UPGRADE_ENV: json.dumps({"pid": os.getpid(), "workers": workers})})
     fds = handoff.export_for_exec([(_name(slot, ext), s) for slot, s, ext in handed], env)
     try:
-        return subprocess.Popen([sys.executable, "-m", "udp_reader", *argv], env=env,
+        return subprocess.Popen([*bootstrap.command("udp_reader"), *argv], env=env,
                                 pass_fds=fds)
     finally:
         for fd in fds:

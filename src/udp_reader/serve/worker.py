@@ -1,6 +1,6 @@
 """A worker process of `udp-reader serve`: the user's handler on one socket.
 
-Started by the master as `python -m udp_reader.serve.worker` with the socket,
+Started by the master (isolated, bootstrap.py) with the socket,
 a status pipe and its configuration (protocol.py). It sets everything up,
 says it is ready, and reads only once the master says `go`: a slot's socket
 passes from the old worker to the new one like a baton, so nobody reads it
@@ -30,7 +30,7 @@ import time
 from typing import Any, Callable, Optional, Tuple
 
 from udp_reader import Reader, answering, sockets
-from udp_reader.serve import privileges, protocol
+from udp_reader.serve import bootstrap, privileges, protocol
 
 log = logging.getLogger("udp_reader")
 
@@ -185,6 +185,7 @@ class Worker:
             os.sched_setaffinity(0, {config["cpu"]})
         if config["credentials"]:
             privileges.drop(privileges.Credentials(*config["credentials"]))
+        sys.path[:0] = bootstrap.handler_path()  # only now: it may be the worker account's
         try:
             handler, start, stop = load_handler(config["handler"])
             if not config["batches"]:

@@ -9,11 +9,10 @@ import logging
 import os
 import signal
 import subprocess
-import sys
 import time
 from typing import Any, Dict, Optional
 
-from udp_reader.serve import protocol
+from udp_reader.serve import bootstrap, protocol
 
 log = logging.getLogger("udp_reader")
 NEVER = float("inf")
@@ -106,7 +105,7 @@ class WorkerProcess:
 
 def spawn(sock_fd: int, slot: int, generation: int, config: Dict[str, Any],
           start_timeout: float) -> WorkerProcess:
-    """Start `python -m udp_reader.serve.worker` on the socket `sock_fd`.
+    """Start udp_reader.serve.worker (isolated: bootstrap.py) on the socket `sock_fd`.
     Raises OSError when the system refuses (descriptors, processes)."""
     status_read, status_write = os.pipe2(os.O_CLOEXEC)
     try:
@@ -119,7 +118,7 @@ def spawn(sock_fd: int, slot: int, generation: int, config: Dict[str, Any],
         protocol.CONFIG_ENV: json.dumps(dict(config, fd=sock_fd, status_fd=status_write)),
         protocol.SLOT_ENV: str(slot)})
     try:
-        proc = subprocess.Popen([sys.executable, "-m", "udp_reader.serve.worker"], env=env,
+        proc = subprocess.Popen(bootstrap.command("udp_reader.serve.worker"), env=env,
                                 stdin=control_read, pass_fds=(sock_fd, status_write))
     except BaseException:
         for fd in (status_read, control_write):
