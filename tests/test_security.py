@@ -118,3 +118,50 @@ def test_a_module_planted_by_the_worker_account_never_runs_as_root(tmp_path):
     assert proc.wait(DEADLINE) == 0
     master.stop()
     assert set(ran_as()) <= {NOBODY}
+
+
+CHATTY = """import fcntl, os, stat
+
+def worker_start():
+    # Find the status pipe (the only pipe opened for writing past stderr)
+    # and write {junk} MiB to it without a newline, then one.
+    for fd in map(int, os.listdir("/proc/self/fd")):
+        try:
+            if (fd > 2 and stat.S_ISFIFO(os.fstat(fd).st_mode)
+                    and fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_WRONLY):
+                status = fd
+        except OSError:
+            pass
+    block = b"x" * (1 << 20)
+    for _ in range({junk}):
+        os.write(status, block)
+    os.write(status, b"\\n")
+
+def on_packet(packet):
+    return None
+"""
+
+
+def peak_rss(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+
+
+def test_a_status_line_without_end_costs_the_master_a_bounded_buffer(tmp_path):
+    # A worker's handler writes 256 MiB to the status pipe without a
+    # newline: the master drops that line, says so, and serves on.
+    junk = 256
+    (tmp_path / "chatty.py").write_text(CHATTY.format(junk=junk))
+    pid_file = str(tmp_path / "serve.pid")
+    log = open(tmp_path / "log", "w+")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "udp_reader", "serve", "chatty:on_packet",
+         "--bind", f"127.0.0.1:{free_port()}", "--pid-file", pid_file],
+        cwd=tmp_path, stderr=log)
+    STARTED.append(Master(pid_file))
+    assert wait_until(lambda: serving_pids(pid_file)), "the master never served"
+    assert peak_rss(proc.pid) < (junk << 20) // 2
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(DEADLINE) == 0
+    log.seek(0)
+    assert "sent a status line longer than 1048576 bytes; dropped it (1 so far)" in log.read()

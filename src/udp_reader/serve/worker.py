@@ -155,7 +155,7 @@ class Worker:
 
     def _link(self) -> None:
         """Commands from the master on stdin; counters to it every second."""
-        pending = b""
+        commands = protocol.Lines()
         while True:
             readable, _, _ = select.select([0], [], [], protocol.STATS_INTERVAL)
             if not readable:
@@ -166,8 +166,7 @@ class Worker:
                 log.warning("master gone; finishing the receive in hand and leaving")
                 self.obey(protocol.RETIRE)
                 return
-            lines, pending = protocol.split_lines(pending, chunk)
-            for line in lines:
+            for line in commands.feed(chunk):
                 self.obey(line.decode(errors="replace").strip())
 
     def main(self) -> int:

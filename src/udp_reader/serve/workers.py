@@ -44,7 +44,7 @@ class WorkerProcess:
         self.started = time.time()
         self.last_heard = time.monotonic()
         self.recycle_at = NEVER   # --max-packets
-        self._pending = b""
+        self._lines = protocol.Lines()
 
     def tell(self, command: str, state: State, deadline: float) -> None:
         if command in (protocol.GO, protocol.DRAIN):
@@ -66,7 +66,11 @@ class WorkerProcess:
         if not chunk:
             return False
         self.last_heard = time.monotonic()
-        lines, self._pending = protocol.split_lines(self._pending, chunk)
+        dropped = self._lines.dropped
+        lines = self._lines.feed(chunk)
+        if self._lines.dropped != dropped:
+            log.warning("%r sent a status line longer than %d bytes; dropped it (%d so far)",
+                        self, self._lines.limit, self._lines.dropped)
         for line in lines:
             message = protocol.decode(line)
             if message.get("ready") and self.state is State.STARTING:
