@@ -231,3 +231,23 @@ def test_netflow_from_softflowd_matches_nfdump(record_dir, monkeypatch):
     made = {(s, d, p, sp, dp, n, n * (20 + (8 if p == 17 else 20) + size))
             for s, d, p, sp, dp, n, size in FLOWS}
     assert ours == made
+
+
+def test_syslog_json_escapes_what_a_terminal_would_obey(record_dir, monkeypatch):
+    # C0 (ESC, BEL), C1 (CSI, OSC, ST, NEL), DEL, U+2028/2029 and bidi
+    # overrides from a sender reach the output only as JSON escapes.
+    hostile = "\x1b]0;owned\x07\x9b31m\x9d0;t\x9c\x85\x7f\u2028\u2029\u202e\u2066\u200f"
+    message = f"<13>1 - host app - - - hi {hostile} é"
+    out = os.path.join(record_dir, "syslog.jsonl")
+    monkeypatch.setenv("SYSLOG_OUT", out)
+    server = serve_example("syslog_json", "on_packet", record_dir)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.sendto(message.encode(), ("127.0.0.1", server.port))
+    wait_until_queue_empty(server.port)
+    assert server.stop() == 0
+    with open(out, encoding="utf-8") as f:
+        text = f.read()
+    assert all(c.isprintable() or c == "\n" for c in text)
+    assert "é" in text  # still readable UTF-8
+    [record] = json_lines(out)
+    assert record["message"] == f"hi {hostile} é"
