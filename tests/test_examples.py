@@ -251,3 +251,59 @@ def test_syslog_json_escapes_what_a_terminal_would_obey(record_dir, monkeypatch)
     assert "é" in text  # still readable UTF-8
     [record] = json_lines(out)
     assert record["message"] == f"hi {hostile} é"
+
+
+def strict_json(line: str) -> dict:
+    def refuse(constant: str):
+        raise ValueError(f"{constant} is not JSON")
+    return json.loads(line, parse_constant=refuse)
+
+
+def peak_rss(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+
+
+def test_statsd_aggregator_refuses_bad_lines_alone_and_bounds_names(record_dir):
+    # Attacks from the outside: bad values beside good ones in a datagram,
+    # NaN and infinities, 5,000 new gauge names past a cap of 1,000, and
+    # 64 KB datagrams whose one long name once sized a numpy array for all.
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = dict(os.environ, STATSD_FLUSH="3600", STATSD_MAX_NAMES="1000")
+    proc = subprocess.Popen([sys.executable, os.path.join(EXAMPLES, "statsd_aggregator.py"),
+                             f"127.0.0.1:{port}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=env, text=True)
+    bad = b"hits:1|c\nbad:1.2.3|c\nrate:1|c|@.\ninf:1e999|g\nhuge:1e300|c\nnan:nan|g\n"
+    huge = b"x" * 30000 + b":1|c\n" + b"a:1|c\n" * 5000
+    try:
+        wait_until_bound(port)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            for i in range(400):
+                s.sendto(b"hits:1|c\n" * 50, ("127.0.0.1", port))
+                s.sendto(bad, ("127.0.0.1", port))
+                if i % 50 == 49:
+                    wait_until_queue_empty(port)
+            for i in range(0, 5000, 50):
+                s.sendto(b"".join(b"g%d:%d|g\n" % (n, n) for n in range(i, i + 50)),
+                         ("127.0.0.1", port))
+                wait_until_queue_empty(port)
+            for _ in range(16):
+                s.sendto(huge, ("127.0.0.1", port))
+        wait_until_queue_empty(port)
+        peak = peak_rss(proc.pid)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=DEADLINE)
+    assert proc.returncode == 0, err
+    reports = [strict_json(line) for line in out.splitlines()]
+    assert sum(r["counters"].get("hits", 0) for r in reports) == 400 * 51
+    assert sum(r["counters"].get("a", 0) for r in reports) == 16 * 5000
+    refused = {k: sum(r["refused"].get(k, 0) for r in reports)
+               for k in ("malformed", "bad_value", "too_many_names")}
+    assert refused == {"malformed": 400 + 16, "bad_value": 400 * 4, "too_many_names": 4000}
+    assert len(reports[-1]["gauges"]) == 1000
+    assert "inf" not in reports[-1]["gauges"]
+    assert "refused 6016 StatsD line(s)" in err
+    assert peak < 300 << 20
