@@ -307,3 +307,45 @@ def test_statsd_aggregator_refuses_bad_lines_alone_and_bounds_names(record_dir):
     assert "inf" not in reports[-1]["gauges"]
     assert "refused 6016 StatsD line(s)" in err
     assert peak < 300 << 20
+
+
+def v5(sequence: int, count: int, engine: int = 0, *, valid: bool = True) -> bytes:
+    """A NetFlow v5 export datagram of `count` empty flows (one record short
+    when not `valid`, so its length does not match its count)."""
+    header = struct.pack(">HHIIIIBBH", 5, count, 0, 0, 0, sequence, engine >> 8, engine & 255, 0)
+    return header + bytes(48 * (count if valid else count - 1))
+
+
+def test_netflow_invalid_datagrams_neither_count_lost_flows_nor_grow_the_exporter_table(
+        tmp_path, monkeypatch):
+    from udp_reader import Reader
+
+    monkeypatch.syspath_prepend(EXAMPLES)
+    import netflow_v5
+    monkeypatch.setattr(netflow_v5, "MAX_EXPORTERS", 100, raising=False)
+    collector = netflow_v5.Collector(str(tmp_path / "flows.jsonl"))
+    with Reader("127.0.0.1:0") as reader, \
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as exporter:
+        def exchange(datagrams) -> None:
+            for start in range(0, len(datagrams), 100):  # what the receive buffer holds
+                for d in datagrams[start:start + 100]:
+                    exporter.sendto(d, reader.address)  # loopback: queued on return
+                while (batch := reader.receive_batch()) is not None:
+                    collector.add(batch)
+
+        # A gap-free stream with a garbled datagram in the middle: no loss.
+        exchange([v5(0, 2), v5(4_000_000_000, 3, valid=False), v5(2, 2), v5(4, 1)])
+        assert (collector.invalid, collector.lost, collector.backwards) == (1, 0, 0)
+        # 1,000 invalid datagrams as from 1,000 exporters (engine type and id)
+        # leave the table as it was.
+        exchange([v5(i, 2, engine=1 + i, valid=False) for i in range(1000)])
+        assert collector.invalid == 1001 and len(collector.next_sequence) == 1
+        # A real gap, and a datagram from the past, are told apart.
+        exchange([v5(15, 1), v5(3, 1)])
+        assert (collector.lost, collector.backwards) == (10, 1)
+        # Valid datagrams from 300 exporters: the table keeps the latest 100.
+        exchange([v5(0, 1, engine=1 + i) for i in range(300)])
+        assert len(collector.next_sequence) == 100 and collector.forgotten == 201
+    collector.flush()
+    with open(tmp_path / "flows.jsonl") as f:
+        assert sum(1 for _ in f) == 2 + 2 + 1 + 1 + 1 + 300
