@@ -7,7 +7,11 @@ records of every valid datagram are gathered into one array of RECORD and
 turned into columns; nothing is parsed a datagram at a time. A datagram
 whose version is not 5 or whose length does not match its count is
 counted and skipped. Gaps in an exporter's flow sequence are counted as
-lost flows.
+lost flows; a sequence that goes back (a datagram reordered, an exporter
+restarted) is counted apart, never as four billion flows lost. Sequences
+are followed for valid datagrams only, for at most MAX_EXPORTERS exporters
+(the least recently heard is forgotten first), so forged datagrams from
+millions of sources cost bounded memory.
 
     python examples/netflow_v5.py :2055                         # to stdout
     NETFLOW_OUT=flows.jsonl PYTHONPATH=examples \\
@@ -26,7 +30,8 @@ import logging
 import os
 import sys
 import time
-from typing import Dict, List, Optional, Tuple
+from collections import OrderedDict
+from typing import List, Optional, Tuple
 
 import numpy as np
 
@@ -41,11 +46,13 @@ RECORD = np.dtype([("src", ">u4"), ("dst", ">u4"), ("nexthop", ">u4"), ("input",
                    ("tcp_flags", "u1"), ("proto", "u1"), ("tos", "u1"), ("src_as", ">u2"),
                    ("dst_as", ">u2"), ("src_mask", "u1"), ("dst_mask", "u1"), ("pad2", ">u2")])
 assert HEADER.itemsize == 24 and RECORD.itemsize == 48
+MAX_EXPORTERS = 10_000  # (address, engine type, engine id) whose sequence is followed
+HALF = 1 << 31          # serial number arithmetic: a gap past half the range goes back
 
 
 def decode(batch) -> Tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-    """(headers of the valid datagrams, their records, the index of each
-    record's datagram in the batch, how many datagrams were invalid)."""
+    """(each datagram's header, the records of the valid ones, the index of
+    each record's datagram in the batch, which datagrams are valid)."""
     lengths = batch.lengths.astype(np.int64)
     offsets = batch.offsets.astype(np.int64)
     arena = batch.payload
@@ -61,7 +68,7 @@ def decode(batch) -> Tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     nth = np.arange(len(owner)) - np.repeat(np.cumsum(counts) - counts, counts)
     starts = offsets[owner] + HEADER.itemsize + RECORD.itemsize * nth
     records = arena[starts[:, None] + np.arange(RECORD.itemsize)].view(RECORD).ravel()
-    return head, records, owner, int((~valid).sum())
+    return head, records, owner, valid
 
 
 class Collector:
@@ -71,14 +78,15 @@ class Collector:
         self.interval = interval
         self.lines: List[str] = []
         self.last = time.monotonic()
-        self.next_sequence: Dict[Tuple[str, int, int], int] = {}  # exporter -> expected
-        self.invalid = self.lost = 0
+        # exporter -> the sequence expected next, least recently heard first
+        self.next_sequence: "OrderedDict[Tuple[str, int, int], int]" = OrderedDict()
+        self.invalid = self.lost = self.backwards = self.forgotten = 0
 
     def add(self, batch) -> None:
-        head, records, owner, invalid = decode(batch)
-        self.invalid += invalid
+        head, records, owner, valid = decode(batch)
+        self.invalid += int(np.count_nonzero(~valid))
         exporters = [packet.src[0] for packet in batch]  # one address per datagram
-        self._sequence(exporters, head)
+        self._sequence(exporters, head, valid)
         # Absolute times: the exporter's clock at export minus the uptime gone since.
         exported_ms = head["unix_secs"].astype(np.int64) * 1000 + head["unix_nsecs"] // 1_000_000
         boot_ms = (exported_ms - head["uptime"].astype(np.int64))[owner]
@@ -102,16 +110,23 @@ class Collector:
         if time.monotonic() - self.last >= self.interval:
             self.flush()
 
-    def _sequence(self, exporters: List[str], head: np.ndarray) -> None:
-        """Count flows lost between datagrams: each header carries the
+    def _sequence(self, exporters: List[str], head: np.ndarray, valid: np.ndarray) -> None:
+        """Count flows lost between valid datagrams: each header carries the
         sequence number of its first flow."""
-        for i in np.flatnonzero(head["count"]):
+        for i in np.flatnonzero(valid):
             exporter = (exporters[i], int(head["engine_type"][i]), int(head["engine_id"][i]))
-            expected = self.next_sequence.get(exporter)
+            expected = self.next_sequence.pop(exporter, None)
             sequence = int(head["sequence"][i])
             if expected is not None and sequence != expected:
-                self.lost += (sequence - expected) % (1 << 32)
+                gap = (sequence - expected) % (1 << 32)
+                if gap < HALF:
+                    self.lost += gap
+                else:
+                    self.backwards += 1
             self.next_sequence[exporter] = (sequence + int(head["count"][i])) % (1 << 32)
+            if len(self.next_sequence) > MAX_EXPORTERS:
+                self.next_sequence.popitem(last=False)
+                self.forgotten += 1
 
     def flush(self) -> None:
         data = "".join(self.lines).encode()
@@ -137,9 +152,12 @@ def on_batch(batch) -> None:
 def worker_stop() -> None:
     if collector is not None:
         collector.flush()
-        if collector.invalid or collector.lost:
-            log.warning("%d datagrams were not NetFlow v5; %d flows lost on the way",
-                        collector.invalid, collector.lost)
+        c = collector
+        if c.invalid or c.lost or c.backwards or c.forgotten:
+            log.warning("%d datagrams were not NetFlow v5; %d flows lost on the way; %d "
+                        "datagrams went back in an exporter's sequence; %d exporters "
+                        "forgotten (more than %d)", c.invalid, c.lost, c.backwards,
+                        c.forgotten, MAX_EXPORTERS)
 
 
 def main() -> None:

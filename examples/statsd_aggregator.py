@@ -13,11 +13,20 @@ last value, as StatsD does. One JSON line per interval.
 
 Several workers each aggregate what they receive and write their own
 lines (with the slot number): sum them per interval downstream.
+
+A sender cannot make it grow without bound or write what is not JSON: a
+name longer than MAX_NAME bytes, a value that is not a finite number of at
+most MAX_VALUE, a rate outside [MIN_RATE, 1] or a line that is not StatsD is
+refused alone (the rest of its datagram counts), and so is a new name once
+a table (counters, timers, gauges) holds STATSD_MAX_NAMES (10,000) of them.
+Each interval's line says what it refused ("refused"), and a warning is
+logged.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import sys
@@ -27,9 +36,18 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-# name:value|type[|@rate][|#tags], one or more per datagram, newline apart.
-METRIC = re.compile(rb"([^:\n|]+):([-+]?[0-9][0-9.eE+-]*)\|(c|ms|h|g)(?:\|@([0-9.]+))?[^\n]*")
+log = logging.getLogger("statsd_aggregator")
+
+MAX_NAME = 128              # bytes
+MAX_VALUE = float(2 ** 53)  # sums of a billion of them stay finite
+MIN_RATE = 1e-6
+MAX_NAMES = int(os.environ.get("STATSD_MAX_NAMES", "10000"))  # per table
+CHUNK = 256 * 1024          # bytes parsed at once: bounds a batch's parsing memory
+# name:value|type[|@rate][|#tags], one per line, several lines per datagram.
+METRIC = re.compile(rb"^([^:\n|]{1,%d}):([-+]?[0-9][0-9.eE+-]{0,31})\|(c|ms|h|g)"
+                    rb"(?:\|@([0-9.eE+-]{1,32}))?(?:\|[^\n]*)?$" % MAX_NAME, re.M)
 NEWLINE = ord("\n")
+REFUSALS = ("malformed", "bad_value", "too_many_names")
 
 
 def gather(batch) -> bytes:
@@ -46,45 +64,106 @@ def gather(batch) -> bytes:
     return blob.tobytes()
 
 
+def lines_in(blob: bytes) -> int:
+    """How many non-empty lines `blob` holds."""
+    ends = np.flatnonzero(np.frombuffer(blob, dtype=np.uint8) == NEWLINE)
+    return int(np.count_nonzero(np.diff(ends, prepend=-1) > 1)) + \
+        (1 if blob and blob[-1] != NEWLINE else 0)
+
+
+def chunks(blob: bytes):
+    """`blob` in pieces of about CHUNK bytes, each cut after a newline."""
+    start = 0
+    while start < len(blob):
+        end = (len(blob) if len(blob) - start <= CHUNK
+               else blob.rfind(b"\n", start, start + CHUNK) + 1)
+        if end <= start:  # a line longer than CHUNK: gather() never makes one
+            end = blob.find(b"\n", start + CHUNK) + 1 or len(blob)
+        yield blob[start:end]
+        start = end
+
+
+def floats(column: np.ndarray) -> np.ndarray:
+    """Bytes to float64, NaN for what is not a number (1.2.3), without
+    failing the whole column."""
+    try:
+        return column.astype(np.float64)
+    except ValueError:
+        out = np.empty(len(column))
+        for i, text in enumerate(column.tolist()):
+            try:
+                out[i] = float(text)
+            except ValueError:
+                out[i] = np.nan
+        return out
+
+
 class Aggregate:
     """One interval's metrics. add() takes parsed columns; report() reduces."""
 
     def __init__(self, gauges: Dict[str, float]) -> None:
         self.counters: Dict[str, float] = {}
+        self.timer_seen: set = set()
         self.timer_names: List[np.ndarray] = []
         self.timer_values: List[np.ndarray] = []
         self.timer_weights: List[np.ndarray] = []
         self.gauges = gauges  # carried over from interval to interval
+        self.refused = dict.fromkeys(REFUSALS, 0)
         self.started = time.time()
 
-    def add(self, found: List[tuple]) -> None:
-        """Metrics as METRIC.findall() gives them: (name, value, type, rate)."""
+    def add(self, found: List[tuple], lines: int) -> None:
+        """Metrics as METRIC.findall() gives them (name, value, type, rate),
+        out of `lines` non-empty lines."""
+        self.refused["malformed"] += lines - len(found)
         if not found:
             return
         names, values, kinds, rates = (np.array(column) for column in zip(*found))
-        numbers = values.astype(np.float64)
-        weights = 1.0 / np.where(rates == b"", b"1", rates).astype(np.float64)
-        counter = kinds == b"c"
+        numbers = floats(values)
+        rate = floats(np.where(rates == b"", b"1", rates))
+        good = (np.isfinite(numbers) & (np.abs(numbers) <= MAX_VALUE)
+                & (rate >= MIN_RATE) & (rate <= 1))
+        self.refused["bad_value"] += int(np.count_nonzero(~good))
+        weights = 1.0 / np.where(good, rate, 1.0)
+        counter = good & (kinds == b"c")
         if counter.any():
             unique, inverse = np.unique(names[counter], return_inverse=True)
             sums = np.bincount(inverse.ravel(), weights=numbers[counter] * weights[counter])
-            for name, total in zip(unique.tolist(), sums.tolist()):
+            lines_of = np.bincount(inverse.ravel())
+            for name, total, n in zip(unique.tolist(), sums.tolist(), lines_of.tolist()):
                 key = name.decode(errors="replace")
-                self.counters[key] = self.counters.get(key, 0.0) + total
-        timer = (kinds == b"ms") | (kinds == b"h")
+                if self._admit(key, self.counters, n):
+                    self.counters[key] = self.counters.get(key, 0.0) + total
+        timer = good & ((kinds == b"ms") | (kinds == b"h"))
         if timer.any():
-            self.timer_names.append(names[timer])
-            self.timer_values.append(numbers[timer])
-            self.timer_weights.append(weights[timer])
-        for i in np.flatnonzero(kinds == b"g"):  # in order: "+3" and "-2" change the last
+            unique, inverse = np.unique(names[timer], return_inverse=True)
+            admitted = np.array([self._admit(name, self.timer_seen, n) for name, n in
+                                 zip(unique.tolist(), np.bincount(inverse.ravel()).tolist())])
+            for name in unique[admitted].tolist():
+                self.timer_seen.add(name)
+            keep = admitted[inverse.ravel()]
+            self.timer_names.append(names[timer][keep])
+            self.timer_values.append(numbers[timer][keep])
+            self.timer_weights.append(weights[timer][keep])
+        for i in np.flatnonzero(good & (kinds == b"g")):  # in order: "+3", "-2" change the last
             key = names[i].decode(errors="replace")
-            relative = values[i][:1] in (b"+", b"-")
-            self.gauges[key] = (self.gauges.get(key, 0.0) if relative else 0.0) + numbers[i]
+            if self._admit(key, self.gauges, 1):
+                relative = values[i][:1] in (b"+", b"-")
+                value = (self.gauges.get(key, 0.0) if relative else 0.0) + numbers[i]
+                self.gauges[key] = float(max(-MAX_VALUE, min(MAX_VALUE, value)))
+
+    def _admit(self, name: Any, table: Any, lines: int) -> bool:
+        """Whether `name` may be in `table`: already there, or room left."""
+        if name in table or len(table) < MAX_NAMES:
+            return True
+        self.refused["too_many_names"] += lines
+        return False
 
     def timers(self) -> Dict[str, Dict[str, float]]:
         if not self.timer_names:
             return {}
         names = np.concatenate(self.timer_names)
+        if not len(names):
+            return {}
         values = np.concatenate(self.timer_values)
         weights = np.concatenate(self.timer_weights)
         order = np.lexsort((values, names))         # by name, then value
@@ -103,7 +182,8 @@ class Aggregate:
         now = time.time()
         return {"time": now, "interval": round(now - self.started, 3),
                 "slot": os.environ.get("UDP_READER_SLOT"),
-                "counters": self.counters, "timers": self.timers(), "gauges": self.gauges}
+                "counters": self.counters, "timers": self.timers(), "gauges": self.gauges,
+                "refused": {k: v for k, v in self.refused.items() if v}}
 
 
 class Aggregator:
@@ -126,8 +206,13 @@ class Aggregator:
         with self.lock:
             ended, self.current = self.current, Aggregate(self.current.gauges)
         report = ended.report()
-        if report["counters"] or report["timers"] or report["gauges"]:
-            os.write(self.fd, (json.dumps(report) + "\n").encode())
+        if report["refused"]:
+            log.warning("refused %s StatsD line(s) in %g s (malformed, a bad value, or a new "
+                        "name past %d per table): %s", sum(report["refused"].values()),
+                        report["interval"], MAX_NAMES, report["refused"])
+        if report["counters"] or report["timers"] or report["gauges"] or report["refused"]:
+            # allow_nan=False: values are bounded above, so this never raises.
+            os.write(self.fd, (json.dumps(report, allow_nan=False) + "\n").encode())
 
 
 aggregator: Optional[Aggregator] = None
@@ -140,10 +225,12 @@ def worker_start() -> None:
 
 
 def on_batch(batch) -> None:
-    found = METRIC.findall(gather(batch))  # outside the lock: a flush never waits on it
     assert aggregator is not None
-    with aggregator.lock:
-        aggregator.current.add(found)
+    for blob in chunks(gather(batch)):
+        found = METRIC.findall(blob)  # outside the lock: a flush never waits on it
+        lines = lines_in(blob)
+        with aggregator.lock:
+            aggregator.current.add(found, lines)
 
 
 def worker_stop() -> None:

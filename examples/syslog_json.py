@@ -3,7 +3,9 @@
 One JSON object per message: when and from where it arrived, facility and
 severity by name, the sender's timestamp, host, app, pid, msgid, structured
 data ({"id": {"param": "value"}}) and the message. A datagram that is not
-syslog is kept whole as the message, so nothing is lost.
+syslog is kept whole as the message, so nothing is lost. Control and
+bidirectional characters are written as JSON escapes, never raw: a
+`tail -f` of the output cannot be steered by a sender.
 
     python examples/syslog_json.py :5514                        # to stdout
     SYSLOG_OUT=/var/log/syslog.jsonl PYTHONPATH=examples \\
@@ -40,6 +42,10 @@ SD_PARAM = re.compile(r'([^\s\]=]+)="((?:[^"\\]|\\.)*)"')
 RFC3164 = re.compile(r"<(\d{1,3})>([A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d) (\S+) (.*)", re.S)
 TAG = re.compile(r"([^\s:\[]{1,48})(?:\[([^\]]*)\])?: ?(.*)", re.S)
 BOM = "\ufeff"
+# What json.dumps leaves raw that a terminal acts on or that reorders text
+# on screen: DEL, C1 controls (CSI, OSC, ST, NEL...), the line and paragraph
+# separators, and the bidirectional marks, embeddings, overrides and isolates.
+UNSAFE = re.compile("[\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 
 
 def _nil(field: str) -> Optional[str]:
@@ -78,6 +84,12 @@ def parse(text: str) -> Dict[str, Any]:
     return {"message": text}
 
 
+def to_json(record: Dict[str, Any]) -> str:
+    """One JSON line, readable UTF-8, with nothing a terminal would obey:
+    json.dumps escapes C0 controls (ESC, BEL), UNSAFE is escaped here."""
+    return UNSAFE.sub(lambda m: f"\\u{ord(m[0]):04x}", json.dumps(record, ensure_ascii=False))
+
+
 class Sink:
     """Lines kept in memory and written out together: one write() per flush."""
 
@@ -113,7 +125,7 @@ def on_packet(packet) -> None:
     record = {"received": packet.timestamp or time.time(), "from": packet.src[0]}
     record.update(parse(packet.data.decode("utf-8", "replace").rstrip("\r\n\0")))
     assert sink is not None
-    sink.add(json.dumps(record, ensure_ascii=False) + "\n")
+    sink.add(to_json(record) + "\n")
 
 
 def worker_stop() -> None:

@@ -5,6 +5,7 @@ would be dropped."""
 
 from __future__ import annotations
 
+import json
 import os
 import select
 import shutil
@@ -102,3 +103,46 @@ def socat_echo(target: str, lines: list) -> list:
 def test_socat_gets_every_echo(echo, target):
     lines = [b"hello\n", b"x" * 1400 + b"\n", b"bye\n"]
     assert socat_echo(target.format(port=echo.port), lines) == lines
+
+
+ECHO_LOOP_SCRIPT = """
+import json, signal, socket, struct, subprocess, sys
+subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+
+def udp():
+    with open("/proc/net/snmp") as f:
+        names, values = [line.split()[1:] for line in f if line.startswith("Udp:")]
+    return {k: int(v) for k, v in zip(names, values)}
+
+echo = subprocess.Popen([sys.executable, sys.argv[1], "127.0.0.1:0"], stdout=subprocess.PIPE,
+                        stderr=subprocess.PIPE, text=True)
+port = int(echo.stdout.readline().rsplit(":", 1)[1])
+before = udp()
+# One datagram forged to come from the server's own address and port.
+with socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_UDP) as raw:
+    raw.sendto(struct.pack("!HHHH", port, port, 12, 0) + b"loop", ("127.0.0.1", 0))
+with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+    client.settimeout(10)
+    client.sendto(b"hello", ("127.0.0.1", port))  # queued after the forged one
+    answer = client.recv(100).decode()
+after = udp()
+echo.send_signal(signal.SIGTERM)
+_, err = echo.communicate(timeout=10)
+print(json.dumps({"answer": answer, "err": err,
+                  "in": after["InDatagrams"] - before["InDatagrams"],
+                  "out": after["OutDatagrams"] - before["OutDatagrams"]}))
+"""
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root for a raw socket and `unshare -n`")
+def test_echo_never_answers_a_datagram_forged_from_its_own_address():
+    # In a namespace of its own, so the Udp counters are this test's alone.
+    result = subprocess.run(["unshare", "-n", sys.executable, "-c", ECHO_LOOP_SCRIPT,
+                             os.path.join(EXAMPLES, "echo_server.py")],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert out["answer"] == "hello"
+    # In: the forged one, hello, its echo. Out: hello, its echo. No loop.
+    assert (out["in"], out["out"]) == (3, 2)
+    assert "echo: 1 datagram(s) from port" in out["err"]

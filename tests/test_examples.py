@@ -231,3 +231,121 @@ def test_netflow_from_softflowd_matches_nfdump(record_dir, monkeypatch):
     made = {(s, d, p, sp, dp, n, n * (20 + (8 if p == 17 else 20) + size))
             for s, d, p, sp, dp, n, size in FLOWS}
     assert ours == made
+
+
+def test_syslog_json_escapes_what_a_terminal_would_obey(record_dir, monkeypatch):
+    # C0 (ESC, BEL), C1 (CSI, OSC, ST, NEL), DEL, U+2028/2029 and bidi
+    # overrides from a sender reach the output only as JSON escapes.
+    hostile = "\x1b]0;owned\x07\x9b31m\x9d0;t\x9c\x85\x7f\u2028\u2029\u202e\u2066\u200f"
+    message = f"<13>1 - host app - - - hi {hostile} é"
+    out = os.path.join(record_dir, "syslog.jsonl")
+    monkeypatch.setenv("SYSLOG_OUT", out)
+    server = serve_example("syslog_json", "on_packet", record_dir)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.sendto(message.encode(), ("127.0.0.1", server.port))
+    wait_until_queue_empty(server.port)
+    assert server.stop() == 0
+    with open(out, encoding="utf-8") as f:
+        text = f.read()
+    assert all(c.isprintable() or c == "\n" for c in text)
+    assert "é" in text  # still readable UTF-8
+    [record] = json_lines(out)
+    assert record["message"] == f"hi {hostile} é"
+
+
+def strict_json(line: str) -> dict:
+    def refuse(constant: str):
+        raise ValueError(f"{constant} is not JSON")
+    return json.loads(line, parse_constant=refuse)
+
+
+def peak_rss(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+
+
+def test_statsd_aggregator_refuses_bad_lines_alone_and_bounds_names(record_dir):
+    # Attacks from the outside: bad values beside good ones in a datagram,
+    # NaN and infinities, 5,000 new gauge names past a cap of 1,000, and
+    # 64 KB datagrams whose one long name once sized a numpy array for all.
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = dict(os.environ, STATSD_FLUSH="3600", STATSD_MAX_NAMES="1000")
+    proc = subprocess.Popen([sys.executable, os.path.join(EXAMPLES, "statsd_aggregator.py"),
+                             f"127.0.0.1:{port}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=env, text=True)
+    bad = b"hits:1|c\nbad:1.2.3|c\nrate:1|c|@.\ninf:1e999|g\nhuge:1e300|c\nnan:nan|g\n"
+    huge = b"x" * 30000 + b":1|c\n" + b"a:1|c\n" * 5000
+    try:
+        wait_until_bound(port)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            for i in range(400):
+                s.sendto(b"hits:1|c\n" * 50, ("127.0.0.1", port))
+                s.sendto(bad, ("127.0.0.1", port))
+                if i % 50 == 49:
+                    wait_until_queue_empty(port)
+            for i in range(0, 5000, 50):
+                s.sendto(b"".join(b"g%d:%d|g\n" % (n, n) for n in range(i, i + 50)),
+                         ("127.0.0.1", port))
+                wait_until_queue_empty(port)
+            for _ in range(16):
+                s.sendto(huge, ("127.0.0.1", port))
+        wait_until_queue_empty(port)
+        peak = peak_rss(proc.pid)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=DEADLINE)
+    assert proc.returncode == 0, err
+    reports = [strict_json(line) for line in out.splitlines()]
+    assert sum(r["counters"].get("hits", 0) for r in reports) == 400 * 51
+    assert sum(r["counters"].get("a", 0) for r in reports) == 16 * 5000
+    refused = {k: sum(r["refused"].get(k, 0) for r in reports)
+               for k in ("malformed", "bad_value", "too_many_names")}
+    assert refused == {"malformed": 400 + 16, "bad_value": 400 * 4, "too_many_names": 4000}
+    assert len(reports[-1]["gauges"]) == 1000
+    assert "inf" not in reports[-1]["gauges"]
+    assert "refused 6016 StatsD line(s)" in err
+    assert peak < 300 << 20
+
+
+def v5(sequence: int, count: int, engine: int = 0, *, valid: bool = True) -> bytes:
+    """A NetFlow v5 export datagram of `count` empty flows (one record short
+    when not `valid`, so its length does not match its count)."""
+    header = struct.pack(">HHIIIIBBH", 5, count, 0, 0, 0, sequence, engine >> 8, engine & 255, 0)
+    return header + bytes(48 * (count if valid else count - 1))
+
+
+def test_netflow_invalid_datagrams_neither_count_lost_flows_nor_grow_the_exporter_table(
+        tmp_path, monkeypatch):
+    from udp_reader import Reader
+
+    monkeypatch.syspath_prepend(EXAMPLES)
+    import netflow_v5
+    monkeypatch.setattr(netflow_v5, "MAX_EXPORTERS", 100, raising=False)
+    collector = netflow_v5.Collector(str(tmp_path / "flows.jsonl"))
+    with Reader("127.0.0.1:0") as reader, \
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as exporter:
+        def exchange(datagrams) -> None:
+            for start in range(0, len(datagrams), 100):  # what the receive buffer holds
+                for d in datagrams[start:start + 100]:
+                    exporter.sendto(d, reader.address)  # loopback: queued on return
+                while (batch := reader.receive_batch()) is not None:
+                    collector.add(batch)
+
+        # A gap-free stream with a garbled datagram in the middle: no loss.
+        exchange([v5(0, 2), v5(4_000_000_000, 3, valid=False), v5(2, 2), v5(4, 1)])
+        assert (collector.invalid, collector.lost, collector.backwards) == (1, 0, 0)
+        # 1,000 invalid datagrams as from 1,000 exporters (engine type and id)
+        # leave the table as it was.
+        exchange([v5(i, 2, engine=1 + i, valid=False) for i in range(1000)])
+        assert collector.invalid == 1001 and len(collector.next_sequence) == 1
+        # A real gap, and a datagram from the past, are told apart.
+        exchange([v5(15, 1), v5(3, 1)])
+        assert (collector.lost, collector.backwards) == (10, 1)
+        # Valid datagrams from 300 exporters: the table keeps the latest 100.
+        exchange([v5(0, 1, engine=1 + i) for i in range(300)])
+        assert len(collector.next_sequence) == 100 and collector.forgotten == 201
+    collector.flush()
+    with open(tmp_path / "flows.jsonl") as f:
+        assert sum(1 for _ in f) == 2 + 2 + 1 + 1 + 1 + 300

@@ -188,3 +188,51 @@ def test_notify_never_blocks_on_a_manager_that_stopped_reading(monkeypatch):
         # dropped rather than the sender kept waiting.
         sent = [systemd.notify(f"STATUS={i}") for i in range(5000)]
     assert sent[0] is True and sent[-1] is False
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root to own files as another user")
+def test_handoff_directory_another_user_could_swap_is_refused(tmp_path):
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    os.chown(theirs, NOBODY, NOBODY)
+    link = tmp_path / "link"  # nobody's symlink to a private directory of ours
+    link.symlink_to(private)
+    os.lchown(link, NOBODY, NOBODY)
+    open_dir = tmp_path / "open"
+    open_dir.mkdir()
+    os.chmod(open_dir, 0o777)  # anyone may rename what it holds
+    for directory, words in ((link, "link belongs to uid 65534"),
+                             (theirs / "run", "theirs belongs to uid 65534"),
+                             (open_dir / "run", "open is writable by others")):
+        with pytest.raises(PermissionError, match=words):
+            private_path(str(directory))
+    assert not (theirs / "run").exists()
+    # A sticky directory (like /tmp) is fine: others cannot move our entries.
+    os.chmod(open_dir, 0o1777)
+    assert private_path(str(open_dir / "run")) == str(open_dir / "run" / "handoff.sock")
+
+
+def test_handoff_socket_lands_in_the_directory_that_was_checked(tmp_path, monkeypatch):
+    # The directory is swapped for a symlink to another one just before
+    # the bind: the socket still lands in the directory that was checked,
+    # and nothing in the other one is touched.
+    directory, moved, victim = tmp_path / "run", tmp_path / "run.moved", tmp_path / "victim"
+    victim.mkdir()
+    path = private_path(str(directory))
+    real_umask = os.umask
+
+    def swap_then_umask(mask):
+        if not os.path.islink(directory):
+            os.rename(directory, moved)
+            os.symlink(victim, directory)
+        return real_umask(mask)
+
+    monkeypatch.setattr(os, "umask", swap_then_umask)
+    with HandoffServer(path):
+        monkeypatch.setattr(os, "umask", real_umask)
+        assert os.listdir(victim) == []
+        assert os.listdir(moved) == ["handoff.sock"]
+        assert oct(os.stat(moved / "handoff.sock").st_mode & 0o777) == "0o600"
+    assert os.listdir(moved) == []

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import subprocess
 import time
 import urllib.request
 
@@ -231,3 +232,49 @@ def test_metrics_without_prometheus_client_is_one_line_and_exit_2(record_dir):
     server.stop()
     assert server.lines == ['udp-reader: error: --metrics needs prometheus_client: '
                             'pip install "udp-reader[metrics]"']
+
+
+def proc_figures(pid: int) -> tuple:
+    """(open descriptors, threads) of process `pid`."""
+    with open(f"/proc/{pid}/status") as f:
+        threads = next(int(line.split()[1]) for line in f if line.startswith("Threads:"))
+    return len(os.listdir(f"/proc/{pid}/fd")), threads
+
+
+def test_a_slowloris_neither_stops_scrapes_nor_costs_the_master_descriptors(record_dir):
+    # 600 connections that never finish a request, against a master held
+    # to 256 descriptors: scrapes are answered, and the endpoint holds at
+    # most 2 x MAX_CONNECTIONS descriptors and threads whatever comes.
+    from udp_reader.serve.metrics import MAX_CONNECTIONS
+
+    server = Server("recorder:on_packet", "--metrics", "127.0.0.1:0", record_dir=record_dir)
+    attackers = []
+    try:
+        url = metrics_url(server)
+        subprocess.run(["prlimit", f"--pid={server.proc.pid}", "--nofile=256:256"], check=True)
+        scrape(url)
+        fds, threads = proc_figures(server.proc.pid)
+        host, port = url.split("//")[1].split("/")[0].rsplit(":", 1)
+        for i in range(600):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.setblocking(False)
+            s.connect_ex((host, int(port)))
+            attackers.append(s)
+            if i % 2:  # half of them start a request and never end it
+                try:
+                    s.send(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+                except OSError:
+                    pass
+            if i % 150 == 149:
+                samples = scrape(url)  # answered in the middle of it
+                now_fds, now_threads = proc_figures(server.proc.pid)
+                assert now_fds <= fds + 2 * MAX_CONNECTIONS
+                assert now_threads <= threads + 2 * MAX_CONNECTIONS
+        assert total(samples, "udp_reader_metrics_connections_cut_total") > 0
+    finally:
+        for s in attackers:
+            s.close()
+        code = server.stop()
+    assert code == 0
+    assert any("metrics: " in line and "connection(s) cut or refused" in line
+               for line in server.lines)

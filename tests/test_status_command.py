@@ -123,3 +123,51 @@ def test_status_of_unreadable_files_is_one_line_and_exit_2(record_dir, content, 
     assert shown.returncode == 2 and shown.stdout == ""
     assert len(shown.stderr.splitlines()) == 1
     assert shown.stderr.startswith("udp-reader: error: ") and words in shown.stderr
+
+
+# What a terminal obeys or that reorders text: ESC (a title, colours, a
+# clear), BEL, C1 CSI/OSC/ST/NEL, DEL, line and paragraph separators, a
+# right-to-left override and an isolate.
+HOSTILE = "\x1b]0;owned\x07\x1b[2J\x9b31m\x9d0;t\x9c\x85\x7f\u2028\u2029\u202e\u2066"
+
+
+def test_status_escapes_what_a_planted_status_file_says(record_dir):
+    pid_file = os.path.join(record_dir, "serve.pid")
+    with open(pid_file, "w") as f:
+        f.write(f"{os.getpid()}\n")
+    snapshot = {"pid": os.getpid(), "phase": HOSTILE, "address": HOSTILE, "workers": HOSTILE,
+                "slots": [{"slot": HOSTILE, "state": HOSTILE,
+                           "workers": [{"pid": HOSTILE, "state": HOSTILE}]}]}
+    with open(pid_file + ".json", "w") as f:
+        json.dump(snapshot, f, ensure_ascii=False)
+    for args in ([], ["--json"]):
+        shown = status("--pid-file", pid_file, *args)
+        assert shown.returncode == 0, shown.stderr
+        assert all(c.isprintable() for line in shown.stdout.splitlines() for c in line)
+    assert "\\x1b]0;owned\\x07" in status("--pid-file", pid_file).stdout
+    assert json.loads(shown.stdout)["phase"] == HOSTILE
+
+
+@pytest.mark.parametrize("plant, words", [
+    (lambda p: os.symlink("/dev/zero", p), "is not a regular file"),
+    (lambda p: os.mkfifo(p), "is not a regular file"),
+    (lambda p: open(p, "wb").truncate(64 << 20), "is larger than 16,777,216 bytes"),
+])
+def test_status_refuses_a_status_file_that_no_master_wrote(record_dir, plant, words):
+    pid_file = os.path.join(record_dir, "serve.pid")
+    with open(pid_file, "w") as f:
+        f.write(f"{os.getpid()}\n")
+    plant(pid_file + ".json")
+    shown = status("--pid-file", pid_file)
+    assert shown.returncode == 2 and shown.stdout == ""
+    assert shown.stderr.splitlines() == [f"udp-reader: error: {pid_file}.json {words}"
+                                         + ("" if "larger" not in words else
+                                            ": not a file udp-reader wrote")]
+
+
+def test_status_refuses_a_pid_file_that_is_a_device(record_dir):
+    pid_file = os.path.join(record_dir, "serve.pid")
+    os.symlink("/dev/zero", pid_file)
+    shown = status("--pid-file", pid_file)
+    assert shown.returncode == 2
+    assert shown.stderr.splitlines() == [f"udp-reader: error: {pid_file} is not a regular file"]

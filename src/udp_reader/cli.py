@@ -254,7 +254,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         return EXIT_FAILURE
     except statusview.Unreadable as e:
         raise UsageError(str(e)) from None
-    print(json.dumps(snapshot, indent=2) if args.json else statusview.render(snapshot))
+    print(statusview.as_json(snapshot) if args.json else statusview.render(snapshot))
     return EXIT_OK
 
 

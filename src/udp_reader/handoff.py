@@ -24,16 +24,78 @@ MAX_MESSAGE = 64 * 1024
 
 # -- descriptor passing over a private Unix socket ------------------------------
 
+MAX_SYMLINKS = 40  # as the kernel allows in one path
+
+
 def private_path(directory: str, name: str = "handoff.sock") -> str:
-    """A socket path inside `directory`, created mode 0700 if missing; an
-    existing directory must be ours and closed to others."""
-    os.makedirs(directory, mode=0o700, exist_ok=True)
-    info = os.stat(directory)
-    if info.st_uid != os.getuid() or stat.S_IMODE(info.st_mode) & 0o077:
-        raise PermissionError(
-            f"{directory}: handoff directory must be owned by uid {os.getuid()} "
-            f"and closed to others (mode 0700)")
+    """A socket path inside `directory` (created mode 0700 if missing),
+    once open_private_dir() found it safe."""
+    os.close(open_private_dir(directory))
     return os.path.join(directory, name)
+
+
+def open_private_dir(directory: str) -> int:
+    """A descriptor of `directory`, created mode 0700 if missing, reached one
+    component at a time, symlinks resolved by hand: each directory and link
+    on the way must be root's or ours and not writable by another user
+    (unless sticky, like /tmp: there others cannot move our entries), and the
+    last one ours and mode 0700. So no other user can swap any part of the
+    path, before or after this check. PermissionError says what is wrong."""
+    todo = [p for p in os.path.abspath(directory).split("/") if p]
+    fd = os.open("/", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    where, links = "/", 0
+    try:
+        _check_component(directory, where, os.fstat(fd), last=False)
+        while todo:
+            part = todo.pop(0)
+            where = os.path.join(where, part)
+            try:
+                info = os.stat(part, dir_fd=fd, follow_symlinks=False)
+            except FileNotFoundError:
+                try:
+                    os.mkdir(part, 0o700, dir_fd=fd)
+                except FileExistsError:
+                    pass
+                info = os.stat(part, dir_fd=fd, follow_symlinks=False)
+            if stat.S_ISLNK(info.st_mode):
+                _check_component(directory, where, info, last=False)
+                links += 1
+                if links > MAX_SYMLINKS:
+                    raise PermissionError(f"{directory}: too many symbolic links")
+                target = os.readlink(part, dir_fd=fd)
+                todo[:0] = [p for p in target.split("/") if p]
+                if target.startswith("/"):
+                    os.close(fd)
+                    fd = os.open("/", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+                    where = "/"
+                else:
+                    where = os.path.dirname(where)
+                continue
+            child = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                            dir_fd=fd)
+            os.close(fd)
+            fd = child
+            _check_component(directory, where, os.fstat(fd), last=not todo)
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _check_component(directory: str, where: str, info: os.stat_result, last: bool) -> None:
+    uid = os.getuid()
+    if last:
+        if info.st_uid != uid or stat.S_IMODE(info.st_mode) & 0o077:
+            raise PermissionError(
+                f"{directory}: handoff directory must be owned by uid {uid} "
+                f"and closed to others (mode 0700)")
+    elif info.st_uid not in (0, uid):
+        raise PermissionError(f"{directory}: {where} belongs to uid {info.st_uid}, "
+                              "who could swap it")
+    elif not stat.S_ISLNK(info.st_mode) and info.st_mode & 0o022 \
+            and not info.st_mode & stat.S_ISVTX:
+        raise PermissionError(f"{directory}: {where} is writable by others, "
+                              "who could swap what it holds")
 
 
 class HandoffServer:
@@ -41,31 +103,39 @@ class HandoffServer:
 
     Each connecting peer's credentials (SO_PEERCRED) are checked; a peer of
     another user is refused without a descriptor. The socket file is mode
-    0600 inside a private directory.
+    0600 inside a private directory (open_private_dir).
     """
 
     def __init__(self, path: str) -> None:
         self.path = path
+        # Everything through a descriptor of the checked directory (bind
+        # by its /proc/self/fd name): nothing a path swap could redirect.
+        self._dir = open_private_dir(os.path.dirname(path) or ".")
+        self._name = os.path.basename(path)
         self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         # Bound under a name of our own, then renamed over `path`: the path
         # always leads to a live server, the old one's until ours is ready.
-        fresh = f"{path}.{os.getpid()}.new"
+        fresh = f"{self._name}.{os.getpid()}.new"
         try:
-            if os.path.lexists(fresh):
-                os.unlink(fresh)
-            old_umask = os.umask(0o177)
             try:
-                self._listener.bind(fresh)
+                os.unlink(fresh, dir_fd=self._dir)
+            except FileNotFoundError:
+                pass
+            old_umask = os.umask(0o177)  # born mode 0600: no chmod by name
+            try:
+                self._listener.bind(f"/proc/self/fd/{self._dir}/{fresh}")
             finally:
                 os.umask(old_umask)
-            os.chmod(fresh, 0o600)
-            self._inode = os.stat(fresh).st_ino
+            self._inode = os.stat(fresh, dir_fd=self._dir, follow_symlinks=False).st_ino
             self._listener.listen(8)
-            os.replace(fresh, path)
+            os.replace(fresh, self._name, src_dir_fd=self._dir, dst_dir_fd=self._dir)
         except BaseException:
             self._listener.close()
-            if os.path.lexists(fresh):
-                os.unlink(fresh)
+            try:
+                os.unlink(fresh, dir_fd=self._dir)
+            except FileNotFoundError:
+                pass
+            os.close(self._dir)
             raise
 
     def fileno(self) -> int:
@@ -105,13 +175,18 @@ class HandoffServer:
         return conn
 
     def close(self) -> None:
+        if self._dir < 0:
+            return
         self._listener.close()
         try:
             # A successor may have bound the path anew: leave its socket be.
-            if os.stat(self.path).st_ino == self._inode:
-                os.unlink(self.path)
+            if os.stat(self._name, dir_fd=self._dir, follow_symlinks=False).st_ino == self._inode:
+                os.unlink(self._name, dir_fd=self._dir)
         except FileNotFoundError:
             pass
+        finally:
+            os.close(self._dir)
+            self._dir = -1
 
     def __enter__(self) -> "HandoffServer":
         return self

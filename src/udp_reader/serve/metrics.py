@@ -12,6 +12,14 @@ starts, so a port in use or a missing prometheus_client is a set-up error.
 It is a SO_REUSEPORT socket, so that a new master (USR2, --takeover) given
 the same command line can bind the port while the old one still serves it;
 outside those two cases a port already held is refused.
+
+The endpoint is bounded so that no client can cost the master more than a
+few descriptors and threads: at most MAX_CONNECTIONS are served at once,
+each in a thread of its own, with READ_TIMEOUT to send its request and
+CONNECTION_TIMEOUT in all. A new connection beyond the cap cuts the oldest
+one still waiting for its request (a scraper sends it at once, a slowloris
+never does), or is refused when none waits; cuts are counted
+(udp_reader_metrics_connections_cut) and logged.
 """
 
 from __future__ import annotations
@@ -19,8 +27,8 @@ from __future__ import annotations
 import errno
 import logging
 import socket
-import socketserver
 import threading
+import time
 from typing import Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
@@ -36,6 +44,11 @@ EXIT_CAUSES = ("left", "crashed", "killed", "failed_start", "dismissed")
 SLOT_STATES = tuple(s.value for s in State) + ("draining", "no reader")
 PHASES = ("starting", "handover", "running", "stopping")
 SHARED = "shared"  # the slot label of the one socket of --shared
+
+MAX_CONNECTIONS = 16       # served at once; a scraper needs one
+READ_TIMEOUT = 2.0         # seconds for a connection to send its whole request
+CONNECTION_TIMEOUT = 10.0  # seconds any connection may last
+LOG_EVERY = 10.0           # seconds between warnings about cut connections
 
 
 class MetricsError(Exception):
@@ -176,15 +189,37 @@ class SnapshotCollector:
 # -- the HTTP server ---------------------------------------------------------------------
 
 class _QuietHandler(WSGIRequestHandler):
-    timeout = 10  # a client that says nothing does not keep a thread for ever
+    timeout = READ_TIMEOUT  # for each read and write
+
+    def parse_request(self) -> bool:
+        complete = super().parse_request()  # the request line and headers are read
+        if complete:
+            self.server.answering(self.request)  # type: ignore[attr-defined]
+        return complete
 
     def log_message(self, format: str, *args: object) -> None:
         pass
 
 
-class _Server(socketserver.ThreadingMixIn, WSGIServer):
-    daemon_threads = True
-    block_on_close = False
+class _Connection:
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.opened = time.monotonic()
+        self.answering = False  # its request is in: no longer cut for a newcomer
+        self.cut = False
+
+    def close_now(self) -> None:
+        """Wake its thread, which closes it."""
+        self.cut = True
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+
+class _Server(WSGIServer):
+    """A thread per connection, at most MAX_CONNECTIONS of them (and as many
+    cut ones on their way out)."""
 
     def __init__(self, sock: socket.socket) -> None:
         self.address_family = sock.family
@@ -196,6 +231,80 @@ class _Server(socketserver.ThreadingMixIn, WSGIServer):
         self.server_name = "udp-reader"
         self.server_port = self.server_address[1]
         self.setup_environ()
+        self._open: Dict[socket.socket, _Connection] = {}
+        self._lock = threading.Lock()
+        self.connections_cut = 0   # cut or refused, since start
+        self._logged_cut = 0
+        self._logged_at = -LOG_EVERY
+
+    def answering(self, sock: socket.socket) -> None:
+        with self._lock:
+            if sock in self._open:
+                self._open[sock].answering = True
+
+    def process_request(self, request: socket.socket, client_address: object) -> None:
+        with self._lock:
+            self._expire()
+            live = [c for c in self._open.values() if not c.cut]
+            waiting = [c for c in live if not c.answering]
+            if len(live) >= MAX_CONNECTIONS and waiting:
+                min(waiting, key=lambda c: c.opened).close_now()
+                self.connections_cut += 1
+            elif len(live) >= MAX_CONNECTIONS or len(self._open) >= 2 * MAX_CONNECTIONS:
+                self.connections_cut += 1
+                self.shutdown_request(request)
+                return
+            self._open[request] = _Connection(request)
+        thread = threading.Thread(target=self._serve_one, args=(request, client_address),
+                                  name="metrics-connection", daemon=True)
+        thread.start()
+
+    def _serve_one(self, request: socket.socket, client_address: object) -> None:
+        try:
+            self.finish_request(request, client_address)
+        except Exception:
+            pass  # a client gone or cut: nothing to tell
+        finally:
+            with self._lock:
+                self._open.pop(request, None)
+            self.shutdown_request(request)
+
+    def service_actions(self) -> None:
+        """Between accepts (and every poll_interval): time limits, and the log."""
+        with self._lock:
+            self._expire()
+        now = time.monotonic()
+        if self.connections_cut != self._logged_cut and now - self._logged_at >= LOG_EVERY:
+            log.warning("metrics: %d connection(s) cut or refused so far: more than %d open, "
+                        "or silent for %g s", self.connections_cut, MAX_CONNECTIONS,
+                        READ_TIMEOUT)
+            self._logged_cut, self._logged_at = self.connections_cut, now
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        for c in self._open.values():
+            age = now - c.opened
+            if not c.cut and (age > CONNECTION_TIMEOUT
+                              or (not c.answering and age > READ_TIMEOUT)):
+                c.close_now()
+                self.connections_cut += 1
+
+
+class _EndpointCollector:
+    """The endpoint's own figure: connections it cut or refused."""
+
+    def __init__(self, server: _Server) -> None:
+        self._server = server
+
+    def collect(self) -> Iterator:
+        from prometheus_client.core import CounterMetricFamily
+
+        family = CounterMetricFamily(
+            "udp_reader_metrics_connections_cut", "Connections to this endpoint cut or "
+            f"refused: beyond {MAX_CONNECTIONS} open, or without a request within "
+            f"{READ_TIMEOUT:g} s, or open longer than {CONNECTION_TIMEOUT:g} s")
+        family.add_metric([], self._server.connections_cut)
+        yield family
 
 
 class MetricsServer:
@@ -209,6 +318,7 @@ class MetricsServer:
         registry.register(SnapshotCollector(latest))  # type: ignore[arg-type]
         ProcessCollector(registry=registry)  # process_*: the master's CPU, memory, fds
         self._server = _Server(sock)
+        registry.register(_EndpointCollector(self._server))  # type: ignore[arg-type]
         self._server.set_app(make_wsgi_app(registry))
         self._thread: Optional[threading.Thread] = None
         host, port = sock.getsockname()[:2]
@@ -220,7 +330,7 @@ class MetricsServer:
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._server.serve_forever,
-                                        kwargs={"poll_interval": 0.5}, name="metrics",
+                                        kwargs={"poll_interval": 0.25}, name="metrics",
                                         daemon=True)
         self._thread.start()
 

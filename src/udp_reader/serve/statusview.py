@@ -30,8 +30,10 @@ class Unreadable(Exception):
 def load(pid_file: str) -> dict:
     """The snapshot of the master named by `pid_file`."""
     try:
-        with open(pid_file) as f:
-            text = f.read().strip()
+        text = statusfile.read_small(pid_file, statusfile.MAX_PID_SIZE).decode(errors="replace")
+        text = text.strip()
+    except statusfile.NotAFile as e:
+        raise Unreadable(str(e)) from None
     except FileNotFoundError:
         raise NotRunning(f"no pid file {pid_file}") from None
     except OSError as e:
@@ -48,7 +50,9 @@ def load(pid_file: str) -> dict:
         pass  # it runs, as another user
     try:
         snapshot = statusfile.read(pid_file)
-    except json.JSONDecodeError:
+    except statusfile.NotAFile as e:
+        raise Unreadable(str(e)) from None
+    except (json.JSONDecodeError, UnicodeDecodeError):
         raise Unreadable(f"{statusfile.path_for(pid_file)} is not a status file") from None
     except FileNotFoundError:
         raise NotRunning(f"pid {pid} has published no status in "
@@ -64,7 +68,8 @@ def load(pid_file: str) -> dict:
 
 
 def render(snapshot: dict, now: Optional[float] = None) -> str:
-    """The snapshot as a header, a table of workers and a line of totals."""
+    """The snapshot as a header, a table of workers and a line of totals,
+    with every character a terminal would act on shown as an escape."""
     now = time.time() if now is None else now
     shared = bool(snapshot.get("shared"))
     slots = snapshot.get("slots", [])
@@ -121,7 +126,20 @@ def render(snapshot: dict, now: Optional[float] = None) -> str:
     lines.append(f"{_count(events.get('worker_starts', 0))} worker(s) started, "
                  f"{_count(events.get('restarts', 0))} rolling restart(s)"
                  + (f"; exits: {exits}" if exits else ""))
-    return "\n".join(lines)
+    return "\n".join(map(printable, lines))
+
+
+def as_json(snapshot: dict) -> str:
+    """The snapshot as JSON: json.dumps escapes all but DEL (ASCII, not a control for it)."""
+    return json.dumps(snapshot, indent=2).replace("\x7f", "\\u007f")
+
+
+def printable(text: str) -> str:
+    """`text` with control, format and separator characters (ESC, C1, DEL,
+    U+2028, bidirectional overrides...) written as \\x.. or \\u.... escapes:
+    the status file is only as trustworthy as its directory."""
+    return "".join(c if c.isprintable() else
+                   f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}" for c in text)
 
 
 def _count(value: object) -> str:

@@ -24,10 +24,10 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 from typing import List, NamedTuple, Optional, Sequence, Tuple
 
 from udp_reader import handoff, systemd
+from udp_reader.serve import bootstrap
 
 UPGRADE_ENV = "UDP_READER_UPGRADE_FROM"  # {"pid", "workers", "ready_fd"} of the old master
 
@@ -92,7 +92,7 @@ def start_successor(argv: Sequence[str], handed: Sequence[Tuple[int, socket.sock
         {"pid": os.getpid(), "workers": workers, "ready_fd": ready_write})})
     fds = handoff.export_for_exec([(_name(slot, ext), s) for slot, s, ext in handed], env)
     try:
-        proc = subprocess.Popen([sys.executable, "-m", "udp_reader", *argv], env=env,
+        proc = subprocess.Popen([*bootstrap.command("udp_reader"), *argv], env=env,
                                 pass_fds=(*fds, ready_write))
     except BaseException:
         os.close(ready_read)

@@ -1,6 +1,6 @@
 """A worker process of `udp-reader serve`: the user's handler on one socket.
 
-Started by the master as `python -m udp_reader.serve.worker` with the socket,
+Started by the master (isolated, bootstrap.py) with the socket,
 a status pipe and its configuration (protocol.py). It sets everything up,
 says it is ready, and reads only once the master says `go`: a slot's socket
 passes from the old worker to the new one like a baton, so nobody reads it
@@ -30,7 +30,7 @@ import time
 from typing import Any, Callable, Optional, Tuple
 
 from udp_reader import Reader, ReceiveError, answering, sockets
-from udp_reader.serve import logs, privileges, protocol
+from udp_reader.serve import bootstrap, logs, privileges, protocol
 
 log = logging.getLogger("udp_reader")
 
@@ -160,7 +160,7 @@ class Worker:
 
     def _link(self) -> None:
         """Commands from the master on stdin; counters to it every second."""
-        pending = b""
+        commands = protocol.Lines()
         while True:
             readable, _, _ = select.select([0], [], [], protocol.STATS_INTERVAL)
             if not readable:
@@ -171,8 +171,7 @@ class Worker:
                 log.warning("master gone; finishing the receive in hand and leaving")
                 self.obey(protocol.RETIRE)
                 return
-            lines, pending = protocol.split_lines(pending, chunk)
-            for line in lines:
+            for line in commands.feed(chunk):
                 self.obey(line.decode(errors="replace").strip())
 
     def main(self) -> int:
@@ -190,6 +189,7 @@ class Worker:
             os.sched_setaffinity(0, {config["cpu"]})
         if config["credentials"]:
             privileges.drop(privileges.Credentials(*config["credentials"]))
+        sys.path[:0] = bootstrap.handler_path()  # only now: it may be the worker account's
         try:
             handler, start, stop = load_handler(config["handler"])
             if not config["batches"]:

@@ -9,11 +9,10 @@ import logging
 import os
 import signal
 import subprocess
-import sys
 import time
 from typing import Any, Dict, Optional
 
-from udp_reader.serve import clock, protocol
+from udp_reader.serve import bootstrap, clock, protocol
 
 log = logging.getLogger("udp_reader")
 NEVER = float("inf")
@@ -45,7 +44,7 @@ class WorkerProcess:
         self.reads = False
         self.started = time.time()
         self.last_heard = clock.now()
-        self._pending = b""
+        self._lines = protocol.Lines()
 
     def tell(self, command: str, state: State, deadline: float) -> None:
         if command in (protocol.GO, protocol.DRAIN):
@@ -67,7 +66,11 @@ class WorkerProcess:
         if not chunk:
             return False
         self.last_heard = clock.now()
-        lines, self._pending = protocol.split_lines(self._pending, chunk)
+        dropped = self._lines.dropped
+        lines = self._lines.feed(chunk)
+        if self._lines.dropped != dropped:
+            log.warning("%r sent a status line longer than %d bytes; dropped it (%d so far)",
+                        self, self._lines.limit, self._lines.dropped)
         for line in lines:
             message = protocol.decode(line)
             if message.get("ready") and self.state is State.STARTING:
@@ -108,7 +111,7 @@ class WorkerProcess:
 
 def spawn(sock_fd: int, slot: int, generation: int, config: Dict[str, Any],
           start_timeout: float) -> WorkerProcess:
-    """Start `python -m udp_reader.serve.worker` on the socket `sock_fd`.
+    """Start udp_reader.serve.worker (isolated: bootstrap.py) on the socket `sock_fd`.
     Raises OSError when the system refuses (descriptors, processes)."""
     status_read, status_write = os.pipe2(os.O_CLOEXEC)
     try:
@@ -121,7 +124,7 @@ def spawn(sock_fd: int, slot: int, generation: int, config: Dict[str, Any],
         protocol.CONFIG_ENV: json.dumps(dict(config, fd=sock_fd, status_fd=status_write)),
         protocol.SLOT_ENV: str(slot)})
     try:
-        proc = subprocess.Popen([sys.executable, "-m", "udp_reader.serve.worker"], env=env,
+        proc = subprocess.Popen(bootstrap.command("udp_reader.serve.worker"), env=env,
                                 stdin=control_read, pass_fds=(sock_fd, status_write))
     except BaseException:
         for fd in (status_read, control_write):
