@@ -156,9 +156,12 @@ class Watcher:
                                      _MMsgHdr.len.offset],
                          "itemsize": ctypes.sizeof(_MMsgHdr)})
         self._columns = np.frombuffer(self._msgs, dtype=view)
+        self._used = n  # messages the last receive filled: the ones to reset
         self._record = record_struct()
         self._records = bytearray(n * self._record.size)
         self._view = memoryview(self._frames).cast("B")
+        self._name_view = memoryview(self._names).cast("B")
+        self._control_view = memoryview(self._control).cast("B")
         self._ifindex = struct.Struct("=4xi")
 
     # -- the Reader-like surface ---------------------------------------------
@@ -220,9 +223,10 @@ class Watcher:
     def receive_batch(self):
         """The datagrams queued now, at most batch_size, as a Batch; None if
         none is."""
-        n = self._batch
-        self._columns["namelen"] = NAME
-        self._columns["controllen"] = CONTROL
+        n, used = self._batch, self._used
+        self._columns["namelen"][:used] = NAME  # the kernel wrote them: reset
+        self._columns["controllen"][:used] = CONTROL
+        self._used = 0
         got = _libc.recvmmsg(self._sock.fileno(), ctypes.addressof(self._msgs), n,
                              socket.MSG_DONTWAIT, None)
         if got < 0:
@@ -230,10 +234,11 @@ class Watcher:
             if e in (errno.EAGAIN, errno.EINTR):
                 return None
             raise OSError(e, f"receive: {os.strerror(e)}")
+        self._used = got
         return self._batch_from(got)
 
     def _batch_from(self, got: int):
-        frames, names, control = self._view, self._names.raw, self._control.raw
+        frames, names, control = self._view, self._name_view, self._control_view
         sizes = self._columns["len"][:got].tolist()
         controls = self._columns["controllen"][:got].tolist()
         pack, record_size, records = self._record.pack_into, self._record.size, self._records
