@@ -17,7 +17,6 @@ import select
 import socket
 import struct
 import threading
-import time
 from typing import Any, Callable, Optional
 
 import numpy as np
