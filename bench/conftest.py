@@ -46,6 +46,8 @@ TARGETS = [
     ("echo", "per_batch", "c_echo", "faster", 0.8),
     ("echo", "per_packet", "uvloop", "faster", 2),
     ("echo", "c_echo", "uvloop", "faster", 2),  # what the kernel allows
+    # CPU to capture a port to pcap; tcpdump reads an mmap ring in C.
+    ("watch", "watch", "tcpdump", "slower", 20),
 ]
 
 
@@ -54,6 +56,8 @@ def pytest_addoption(parser):
                      help="run the soak benchmark this long (it is skipped otherwise)")
     parser.addoption("--echo-count", type=int, default=100_000,
                      help="requests per round of the echo benchmark (default 100000)")
+    parser.addoption("--watch-count", type=int, default=200_000,
+                     help="datagrams per round of the watch-against-tcpdump benchmark")
     parser.addoption("--chaos-seconds", type=float, default=180,
                      help="how long the chaos benchmark runs (default 180)")
 

@@ -28,6 +28,6 @@ def options(command: str) -> set[str]:
             if o.startswith("--") and o != "--help"}
 
 
-@pytest.mark.parametrize("command", ["listen", "send", "bench", "serve"])
+@pytest.mark.parametrize("command", ["listen", "watch", "send", "bench", "serve"])
 def test_synopsis_names_every_option(command):
     assert synopsis(command) == options(command)

@@ -175,11 +175,13 @@ cdef class _Sender:
     cdef ur_send_counters c
     cdef dict failures
     cdef dict local_mtus  # host -> path MTU our refused sends were told
+    cdef str closed  # why nothing can be sent: a closed reader, or no socket at all
 
     def __cinit__(self):
         self.fd = -1
         self.failures = {}
         self.local_mtus = {}
+        self.closed = "the reader is closed"
 
     def __dealloc__(self):
         if self.queue_ready:
@@ -197,7 +199,7 @@ cdef class _Sender:
         """Before the first send: errors onto the error queue, GSO probed."""
         cdef int r
         if self.fd < 0:
-            raise ValueError("the reader is closed")
+            raise ValueError(self.closed)
         if self.prepared:
             return 0
         r = ur_enable_recverr(self.fd, self.family)
@@ -215,7 +217,7 @@ cdef class _Sender:
     cdef int check_peer(self, const ur_peer *to, Py_ssize_t size, str name) except -1:
         cdef Py_ssize_t limit = UR_MAX_PAYLOAD4 if to.family == socket.AF_INET else UR_MAX_PAYLOAD6
         if self.fd < 0:
-            raise ValueError("the reader is closed")
+            raise ValueError(self.closed)
         if to.family != socket.AF_INET and to.family != socket.AF_INET6:
             raise ValueError("the packet has no source address to answer")
         if size > limit:
@@ -763,6 +765,54 @@ cdef class Batch:
 
     def __repr__(self):
         return f"<Batch of {self._count} packets>"
+
+
+
+def _batch_of(records, frames):
+    """A Batch of packets that another source than a Reader's socket took
+    (the packet watcher): `records` laid out as Batch.records, one per
+    packet, whose offsets and lengths point into `frames`. The payloads are
+    copied into the batch's own arena, so both may be reused at once. Its
+    packets have TTL and TOS, and cannot answer: no socket received them."""
+    cdef Py_buffer rec, src
+    cdef Py_ssize_t i, n
+    cdef size_t total = 0, at = 0
+    cdef const ur_meta *given
+    cdef _Slab slab
+    cdef _Sender none
+    cdef Batch batch
+    PyObject_GetBuffer(records, &rec, PyBUF_SIMPLE)
+    try:
+        PyObject_GetBuffer(frames, &src, PyBUF_SIMPLE)
+        try:
+            if rec.len % sizeof(ur_meta):
+                raise ValueError(f"records must be whole records of {sizeof(ur_meta)} bytes")
+            n = rec.len // sizeof(ur_meta)
+            given = <const ur_meta *>rec.buf
+            for i in range(n):
+                if <size_t>given[i].offset + given[i].length > <size_t>src.len:
+                    raise ValueError(f"record {i} points past the end of frames")
+                total += given[i].length
+            slab = _Slab(n, total)
+            memcpy(slab.meta, given, n * sizeof(ur_meta))
+            for i in range(n):
+                memcpy(slab.arena + at, <const unsigned char *>src.buf + given[i].offset,
+                       given[i].length)
+                slab.meta[i].offset = <uint32_t>at
+                at += given[i].length
+        finally:
+            PyBuffer_Release(&src)
+    finally:
+        PyBuffer_Release(&rec)
+    none = _Sender()
+    none.closed = "a watched packet cannot answer: no socket of ours received it"
+    slab.sender = none
+    slab.ip_fields = True
+    batch = Batch.__new__(Batch)
+    batch._slab = slab
+    batch._start = 0
+    batch._count = n
+    return batch
 
 
 cdef class Reader:

@@ -10,10 +10,10 @@ import os
 import signal
 import sys
 import threading
-from typing import NoReturn, Optional, Sequence
+from typing import Callable, NoReturn, Optional, Sequence
 
 from udp_reader import Reader, __version__, sockets
-from udp_reader.options import MAX_PAYLOAD, ReaderOptions
+from udp_reader.options import DEFAULT_BATCH, DEFAULT_RCVBUF, MAX_PAYLOAD, ReaderOptions
 from udp_reader.serve import config as serve_config
 from udp_reader.status import StatusLine
 
@@ -44,6 +44,21 @@ def describe(error: BaseException) -> str:
 
 def _add_reader_options(p: argparse.ArgumentParser) -> None:
     ReaderOptions.add_arguments(p, ip_fields=False)  # listen reads them when it shows them
+
+
+def _add_output_options(p: argparse.ArgumentParser) -> None:
+    """What listen and watch show, and when they stop."""
+    p.add_argument("--format", choices=["summary", "hex", "jsonl", "raw", "none"],
+                   help="what to print per packet (default summary; none with --write)")
+    p.add_argument("--write", metavar="FILE.pcap", help="also save packets as pcap")
+    p.add_argument("--count", type=int, metavar="N", help="stop after N packets")
+    p.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
+    p.add_argument("--status-interval", type=float, default=None, metavar="S",
+                   help="seconds between status lines (default 1 on a terminal, "
+                        "10 otherwise; 0: no status) or --top redraws (default 1)")
+    p.add_argument("--top", action="store_true",
+                   help="instead of packets, a live table: top sources and "
+                        "destinations, sizes, rates, drops")
 
 
 JOIN_HELP = ("join a multicast group, [SOURCE>]GROUP[@INTERFACE]: 239.1.2.3, "
@@ -88,9 +103,8 @@ def _check_limits(args: argparse.Namespace) -> None:
         raise UsageError(f"--duration must be positive, not {args.duration}")
 
 
-def cmd_listen(args: argparse.Namespace) -> int:
-    from udp_reader.formats import FORMATS, Pcap
-
+def _check_output(args: argparse.Namespace) -> str:
+    """The checks listen and watch share; returns the packet format."""
     _check_limits(args)
     if args.status_interval is not None and args.status_interval != 0 \
             and not args.status_interval >= MIN_STATUS_INTERVAL:
@@ -98,7 +112,43 @@ def cmd_listen(args: argparse.Namespace) -> int:
                          f"{MIN_STATUS_INTERVAL} s, not {args.status_interval:g}")
     if args.top and args.format:
         raise UsageError("--top shows a table, not packets: leave out --format")
-    fmt = args.format or ("none" if args.write or args.top else "summary")
+    return args.format or ("none" if args.write or args.top else "summary")
+
+
+def _writers(fmt: str, pcap_file, port: int) -> list:
+    from udp_reader.formats import FORMATS, Pcap
+
+    writers = [] if fmt == "none" else [FORMATS[fmt](sys.stdout.buffer, port)]
+    if pcap_file is not None:
+        writers.append(Pcap(pcap_file, port))
+    return writers
+
+
+def _refuse_served(args: argparse.Namespace) -> None:
+    """A socket that joins a served port's SO_REUSEPORT group takes some
+    of its datagrams: listen does so only when told to (--share)."""
+    from udp_reader import served
+
+    try:
+        host, port = sockets.parse_address(args.address)
+        others = served.serving(host, port)
+    except ValueError:
+        return  # not a numeric address: the bind says what is wrong with it
+    if others:
+        where = sockets.format_address(host, port)
+        bound = ", ".join(sorted({sockets.format_address(str(s.host), port) for s in others}))
+        raise UsageError(
+            f"{where} is already served here ({bound}): listen would take some of its "
+            f"datagrams; watch without taking any: udp-reader watch {where} (root), "
+            f"or share on purpose: --share")
+
+
+def cmd_listen(args: argparse.Namespace) -> int:
+    fmt = _check_output(args)
+    if args.share and not args.reuseport:
+        raise UsageError("--share joins the port's SO_REUSEPORT group: leave out --no-reuseport")
+    if args.reuseport and not args.share:
+        _refuse_served(args)
     pcap_file = _open_output(args.write) if args.write else None
     reader = None
     # With --count, never take more in one receive than is still wanted.
@@ -107,11 +157,10 @@ def cmd_listen(args: argparse.Namespace) -> int:
     fields["ip_fields"] = fmt in ("hex", "jsonl") or pcap_file is not None
     try:
         reader = _open_reader(args, timestamps=True, **fields)
-        port = reader.address[1]
-        writers = [] if fmt == "none" else [FORMATS[fmt](sys.stdout.buffer, port)]
-        if pcap_file is not None:
-            writers.append(Pcap(pcap_file, port))
-        return _listen(args, reader, writers)
+        said = [f"listening on {sockets.format_address(*reader.address)}"]
+        said += [f"joined {m.describe()}" for m in reader.memberships]
+        return _listen(args, reader, _writers(fmt, pcap_file, reader.address[1]), "listen",
+                       said)
     finally:
         if reader is not None:
             reader.close()
@@ -119,7 +168,46 @@ def cmd_listen(args: argparse.Namespace) -> int:
             pcap_file.close()
 
 
-def _listen(args: argparse.Namespace, reader: Reader, writers: list) -> int:
+def cmd_watch(args: argparse.Namespace) -> int:
+    from udp_reader.watch import Watcher
+
+    fmt = _check_output(args)
+    if args.rcvbuf < 1:
+        raise UsageError(f"--rcvbuf must be at least 1, not {args.rcvbuf}")
+    pcap_file = _open_output(args.write) if args.write else None
+    watcher = None
+    try:
+        try:
+            watcher = Watcher(args.address, interface=args.interface, rcvbuf=args.rcvbuf,
+                              batch_size=min(DEFAULT_BATCH, args.count or DEFAULT_BATCH))
+        except PermissionError as e:
+            raise UsageError(describe(e)) from None
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+        host, port = watcher.address
+        said = [f"watching {sockets.format_address(host or '*', port)} on "
+                f"{args.interface or 'every interface'}"]
+        return _listen(args, watcher, _writers(fmt, pcap_file, port), "watch", said,
+                       summary=_watch_summary)
+    finally:
+        if watcher is not None:
+            watcher.close()
+        if pcap_file is not None:
+            pcap_file.close()
+
+
+def _watch_summary(stats, unshown: int, seconds: float) -> str:
+    past = f", {unshown} seen past --count and not shown" if unshown else ""
+    return (f"{stats.received} seen, {stats.delivered - unshown} shown{past}, "
+            f"{stats.too_long} seen only in part (IP fragments), "
+            f"{stats.kernel_drops} dropped by the kernel before the watcher read them "
+            f"in {seconds:.1f} s")
+
+
+def _listen(args: argparse.Namespace, reader, writers: list, command: str, said: list,
+            summary: Optional[Callable] = None) -> int:
+    """Show what `reader` (a Reader, or a Watcher) takes, until stopped;
+    `said` are the lines that tell it is ready, once SIGTERM stops it."""
     signal.signal(signal.SIGTERM, lambda *_: reader.stop())
     left = args.count
     unshown = 0  # delivered past --count: taken from the kernel, not shown
@@ -128,7 +216,7 @@ def _listen(args: argparse.Namespace, reader: Reader, writers: list) -> int:
     status = StatusLine(lambda: reader.stats, 0 if args.top else args.status_interval)
     if args.top:
         from udp_reader.top import TopView  # numpy: only when asked for
-    top = TopView(lambda: reader.stats, f"udp-reader listen {where}", port,
+    top = TopView(lambda: reader.stats, f"udp-reader {command} {where}", port,
                   args.status_interval) if args.top else None
     # Packet lines and the status line share the terminal: each batch's
     # lines go out with the status line cleared, and it comes back below.
@@ -156,9 +244,8 @@ def _listen(args: argparse.Namespace, reader: Reader, writers: list) -> int:
             for writer in writers:
                 writer.flush()
 
-    log.info("listening on %s", where)
-    for m in reader.memberships:
-        log.info("joined %s", m.describe())
+    for line in said:
+        log.info("%s", line)
     if args.duration:
         timer = threading.Timer(args.duration, reader.stop)
         timer.daemon = True
@@ -174,7 +261,10 @@ def _listen(args: argparse.Namespace, reader: Reader, writers: list) -> int:
             return EXIT_OK
     for writer in writers:
         writer.close()
-    print(status.summary(reader.stats, unshown), file=sys.stderr)
+    if summary is None:
+        print(status.summary(reader.stats, unshown), file=sys.stderr)
+    else:
+        print(summary(reader.stats, unshown, status.elapsed()), file=sys.stderr)
     return EXIT_OK
 
 
@@ -287,22 +377,40 @@ def build_parser() -> argparse.ArgumentParser:
                "jsonl, hex and --write show each packet's TTL and TOS.")
     listen.add_argument("address", metavar="ADDRESS",
                         help="host:port, :port (all addresses) or [v6]:port")
-    listen.add_argument("--format", choices=["summary", "hex", "jsonl", "raw", "none"],
-                        help="what to print per packet (default summary; none with --write)")
-    listen.add_argument("--write", metavar="FILE.pcap", help="also save packets as pcap")
-    listen.add_argument("--count", type=int, metavar="N", help="stop after N packets")
-    listen.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
-    listen.add_argument("--status-interval", type=float, default=None, metavar="S",
-                        help="seconds between status lines (default 1 on a terminal, "
-                             "10 otherwise; 0: no status) or --top redraws (default 1)")
-    listen.add_argument("--top", action="store_true",
-                        help="instead of packets, a live table: top sources and "
-                             "destinations, sizes, rates, drops")
+    _add_output_options(listen)
     listen.add_argument("--join", action="append", metavar="GROUP", help=JOIN_HELP)
     _add_reader_options(listen)
     listen.add_argument("--no-reuseport", dest="reuseport", action="store_false",
                         help="refuse to share the port (SO_REUSEPORT off)")
+    listen.add_argument("--share", action="store_true",
+                        help="listen on a port another socket serves: join its "
+                             "SO_REUSEPORT group and take part of its traffic (without "
+                             "it, such a port is refused; `watch` takes nothing)")
     listen.set_defaults(func=cmd_listen)
+
+    watch = sub.add_parser(
+        "watch", help="show a port's packets without taking them (as tcpdump does)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Show every UDP datagram arriving for ADDRESS, in listen's formats, "
+                    "while the sockets serving the port still get each one: a packet "
+                    "socket with a kernel filter for the port, as tcpdump uses. Needs "
+                    "root or CAP_NET_RAW.",
+        epilog="examples:\n"
+               "  udp-reader watch :9000\n"
+               "  udp-reader watch :514 --top\n"
+               "  udp-reader watch 127.0.0.1:9000 --format jsonl --count 100\n"
+               "  udp-reader watch [::]:514 --write syslog.pcap --interface eth0\n\n"
+               "Datagrams this host sends are not shown unless they come back in "
+               "(loopback); IP fragments after the first are not seen.")
+    watch.add_argument("address", metavar="ADDRESS",
+                       help="host:port, :port (every address, IPv4 and IPv6), "
+                            "0.0.0.0:port (IPv4) or [v6]:port")
+    _add_output_options(watch)
+    watch.add_argument("--interface", metavar="NAME",
+                       help="only packets arriving on this interface (default every one)")
+    watch.add_argument("--rcvbuf", type=int, default=DEFAULT_RCVBUF, metavar="BYTES",
+                       help=f"the watcher's receive buffer (default {DEFAULT_RCVBUF})")
+    watch.set_defaults(func=cmd_watch)
 
     send = sub.add_parser(
         "send", help="generate load with sendmmsg",

@@ -95,10 +95,13 @@ class StatusLine:
         return (f"{_human(packets, 'pkt/s')}  {_human(nbytes, 'B/s')}  "
                 f"filtered {filtered}  kernel drops {after.kernel_drops}")
 
+    def elapsed(self) -> float:
+        return time.monotonic() - self._started
+
     def summary(self, stats: Stats, unshown: int = 0) -> str:
         """The closing line; `unshown` packets were delivered past --count
         and not shown, so they are told apart from the delivered."""
-        seconds = time.monotonic() - self._started
+        seconds = self.elapsed()
         past = f", {unshown} taken past --count and not shown" if unshown else ""
         return (f"{stats.received} received, {stats.delivered - unshown} delivered{past}, "
                 f"{stats.too_short} too short, {stats.too_long} too long, "
