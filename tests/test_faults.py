@@ -112,3 +112,41 @@ def test_listen_out_of_descriptors_is_one_line(tmp_path):
                             timeout=DEADLINE)
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip() == "udp-reader: error: Too many open files"
+
+
+def test_a_reader_out_of_memory_is_told_as_one_and_its_worker_replaced(tmp_path):
+    # The handler keeps every packet, so each receive needs a new 4 MiB
+    # arena; the worker's address space is capped just above what it uses:
+    # the reader cannot allocate. That is the reader's failure, not the
+    # handler's: the worker leaves, and a new one takes over after a pause.
+    with open(tmp_path / "keeper.py", "w") as f:
+        f.write(textwrap.dedent("""\
+            import os
+            kept = []
+            def on_packet(packet):
+                kept.append(packet)
+                with open(os.path.join(os.environ["RECORD_DIR"], f"{os.getpid()}.txt"), "ab") as f:
+                    f.write(packet.data + b"\\n")
+            """))
+    server = Server("keeper:on_packet", record_dir=str(tmp_path))
+    server.wait_for("serving")
+    (worker, _), = server.ready_workers()
+    with open(f"/proc/{worker}/status") as f:
+        size = next(int(l.split()[1]) for l in f if l.startswith("VmSize:")) * 1024
+    resource.prlimit(int(worker), resource.RLIMIT_AS, (size + (1 << 20), size + (1 << 20)))
+
+    def deliver(payload: bytes, total: int) -> None:
+        send(("127.0.0.1", server.port), [payload])
+        deadline = time.monotonic() + DEADLINE
+        while len(recorded(str(tmp_path))) < total and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+    deliver(b"first", 1)
+    deliver(b"second", 2)  # a receive of its own: the worker fails, the next one has it
+    deliver(b"third", 3)
+    assert server.stop() == 0
+    assert recorded(str(tmp_path)) == [b"first", b"second", b"third"]
+    died = [l for l in server.lines if "died" in l]
+    assert len(died) == 1 and "its reader failed" in died[0] and "no memory" in died[0], died
+    assert "takes over its socket and queue in 1 s" in died[0]
+    assert not any("handler raised" in l for l in server.lines)
