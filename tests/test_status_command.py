@@ -94,15 +94,28 @@ def test_status_of_a_stale_pid_file_is_not_running(record_dir):
         "running (a stale pid file)"]
 
 
-def test_status_of_a_live_process_that_published_nothing_is_not_running(record_dir):
+def test_status_of_a_pid_reused_by_another_program_is_not_running(record_dir):
     pid_file = os.path.join(record_dir, "serve.pid")
     with open(pid_file, "w") as f:
-        f.write(f"{os.getpid()}\n")  # alive, but no status file beside it
+        f.write(f"{os.getpid()}\n")  # alive, but this test, not a master
+    with open(pid_file + ".json", "w") as f:
+        f.write('{"pid": 1, "slots": []}')  # the stale status of the master that was
     shown = status("--pid-file", pid_file)
     assert shown.returncode == 1
     assert shown.stderr.splitlines() == [
-        f"udp-reader: error: not running: pid {os.getpid()} has published no status in "
-        f"{pid_file}.json (still starting, or not a udp-reader master)"]
+        f"udp-reader: error: not running: {pid_file} names pid {os.getpid()}, which is not "
+        "a udp-reader serve master (a stale pid file, its pid reused)"]
+
+
+@pytest.fixture
+def master():
+    """The pid of a stand-in for a master: a process whose command line
+    says `udp_reader serve`, as `status` checks before it trusts a pid."""
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)",
+                             "udp_reader", "serve"])
+    yield proc.pid
+    proc.kill()
+    proc.wait()
 
 
 @pytest.mark.parametrize("content, args, words", [
@@ -111,11 +124,11 @@ def test_status_of_a_live_process_that_published_nothing_is_not_running(record_d
     ("{pid}\n", [], "is not a status file"),
     (None, [], "the following arguments are required: --pid-file"),
 ])
-def test_status_of_unreadable_files_is_one_line_and_exit_2(record_dir, content, args, words):
+def test_status_of_unreadable_files_is_one_line_and_exit_2(master, record_dir, content, args, words):
     pid_file = os.path.join(record_dir, "serve.pid")
     if content is not None:
         with open(pid_file, "w") as f:
-            f.write(content.format(pid=os.getpid()))
+            f.write(content.format(pid=master))
         with open(pid_file + ".json", "w") as f:
             f.write("{truncated")
         args = ["--pid-file", pid_file]
@@ -131,11 +144,11 @@ def test_status_of_unreadable_files_is_one_line_and_exit_2(record_dir, content, 
 HOSTILE = "\x1b]0;owned\x07\x1b[2J\x9b31m\x9d0;t\x9c\x85\x7f\u2028\u2029\u202e\u2066"
 
 
-def test_status_escapes_what_a_planted_status_file_says(record_dir):
+def test_status_escapes_what_a_planted_status_file_says(master, record_dir):
     pid_file = os.path.join(record_dir, "serve.pid")
     with open(pid_file, "w") as f:
-        f.write(f"{os.getpid()}\n")
-    snapshot = {"pid": os.getpid(), "phase": HOSTILE, "address": HOSTILE, "workers": HOSTILE,
+        f.write(f"{master}\n")
+    snapshot = {"pid": master, "phase": HOSTILE, "address": HOSTILE, "workers": HOSTILE,
                 "slots": [{"slot": HOSTILE, "state": HOSTILE,
                            "workers": [{"pid": HOSTILE, "state": HOSTILE}]}]}
     with open(pid_file + ".json", "w") as f:
@@ -153,10 +166,10 @@ def test_status_escapes_what_a_planted_status_file_says(record_dir):
     (lambda p: os.mkfifo(p), "is not a regular file"),
     (lambda p: open(p, "wb").truncate(64 << 20), "is larger than 16,777,216 bytes"),
 ])
-def test_status_refuses_a_status_file_that_no_master_wrote(record_dir, plant, words):
+def test_status_refuses_a_status_file_that_no_master_wrote(master, record_dir, plant, words):
     pid_file = os.path.join(record_dir, "serve.pid")
     with open(pid_file, "w") as f:
-        f.write(f"{os.getpid()}\n")
+        f.write(f"{master}\n")
     plant(pid_file + ".json")
     shown = status("--pid-file", pid_file)
     assert shown.returncode == 2 and shown.stdout == ""

@@ -48,6 +48,9 @@ def load(pid_file: str) -> dict:
                          "(a stale pid file)") from None
     except PermissionError:
         pass  # it runs, as another user
+    if not _is_serve(pid):
+        raise NotRunning(f"{pid_file} names pid {pid}, which is not a udp-reader serve "
+                         "master (a stale pid file, its pid reused)")
     try:
         snapshot = statusfile.read(pid_file)
     except statusfile.NotAFile as e:
@@ -65,6 +68,17 @@ def load(pid_file: str) -> dict:
     if not isinstance(snapshot, dict) or not isinstance(snapshot.get("slots"), list):
         raise Unreadable(f"{statusfile.path_for(pid_file)} is not a status file")
     return snapshot
+
+
+def _is_serve(pid: int) -> bool:
+    """Whether `pid` runs `udp-reader serve` (or `python -m udp_reader
+    serve`); True when its command line cannot be read."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            words = f.read().split(b"\0")
+    except OSError:
+        return True
+    return b"serve" in words and any(b"udp_reader" in w or b"udp-reader" in w for w in words)
 
 
 def render(snapshot: dict, now: Optional[float] = None) -> str:
