@@ -149,6 +149,11 @@ def test_failed_restart_is_a_rollback(record_dir):
     assert server.stop() == 0
     assert recorded(record_dir) == expected
     assert any("No module named 'swappable'" in l for l in server.lines)
+    # Aborted is not complete: never told as a restart that happened.
+    assert not any("rolling restart complete" in l for l in server.lines)
+    # Every line of the master's log says when it happened.
+    assert all(re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3} udp-reader", l)
+               for l in server.lines if "udp-reader" in l), server.lines
 
 
 def test_killed_worker_is_replaced_on_the_same_socket(record_dir):
