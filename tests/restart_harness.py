@@ -388,13 +388,7 @@ def scenario(name: str, h: Harness, restarts: int, seconds: float, every: float)
     elif name in ("takeover_rollback", "takeover_crash"):
         # The second instance goes away again (TERM), or the first crashes
         # (SIGKILL) after the second took its sockets: the other serves on.
-        run = os.path.join(h.dir, "run")
-        first = h.serve("--workers", "2", "--handoff", run)
-        h.notify.ready(MAINPID=str(first.pid))
-        h.sender.start()
-        time.sleep(0.3)
-        second = h.serve("--workers", "2", "--takeover", run)
-        h.notify.ready(MAINPID=str(second.pid))
+        first, second = taken_over(h)
         time.sleep(0.3)
         if name == "takeover_rollback":
             stop(second, facts, "second_exit")
@@ -648,6 +642,19 @@ def scenario(name: str, h: Harness, restarts: int, seconds: float, every: float)
     return facts
 
 
+def taken_over(h: Harness):
+    """A first master offering its sockets (--handoff) under traffic, and a
+    second that took them (--takeover), both ready."""
+    run = os.path.join(h.dir, "run")
+    first = h.serve("--workers", "2", "--handoff", run)
+    h.notify.ready(MAINPID=str(first.pid))
+    h.sender.start()
+    time.sleep(0.3)
+    second = h.serve("--workers", "2", "--takeover", run)
+    h.notify.ready(MAINPID=str(second.pid))
+    return first, second
+
+
 SCENARIOS: dict = {}
 
 
@@ -712,13 +719,7 @@ def usr2_ttin(h: Harness, facts: dict):
 def takeover_ttin(h: Harness, facts: dict):
     """TTIN to master A while B holds its sockets (--takeover), then TERM
     to A: A's new socket is A's alone, so A sheds and drains it."""
-    run = os.path.join(h.dir, "run")
-    first = h.serve("--workers", "2", "--handoff", run)
-    h.notify.ready(MAINPID=str(first.pid))
-    h.sender.start()
-    time.sleep(0.3)
-    second = h.serve("--workers", "2", "--takeover", run)
-    h.notify.ready(MAINPID=str(second.pid))
+    first, second = taken_over(h)
     first.send_signal(signal.SIGTTIN)
     h.notify.status("3 workers")  # its third worker reads
     time.sleep(0.5)
