@@ -195,6 +195,7 @@ def test_unwritable_pid_file_is_a_clear_error(record_dir):
     (["--steer", "spread", "--shared"], "needs a socket per worker, not --shared"),
     (["--steer", "cpu", "--workers", str(len(os.sched_getaffinity(0)) + 1)], "CPU(s)"),
     (["--user", "nobody", "--group", "no-such-group-here"], "--group: no group"),
+    (["--group", "nogroup"], "--group needs --user: without it the workers would keep root"),
     (["--rcvbuf", "-1"], "--rcvbuf must be a positive int"),
     (["--shared", "--takeover", "/proc/no/such/dir"], "No such file or directory"),
     (["--shared", "--takeover", "{record_dir}/run"], "no handoff at"),

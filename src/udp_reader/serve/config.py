@@ -59,6 +59,8 @@ class Config:
                             ("--start-timeout", self.start_timeout), ("--timeout", self.timeout)):
             if value is not None and not value > 0:
                 raise ValueError(f"{flag} must be positive, not {value:g}")
+        if self.group is not None and self.user is None:
+            raise ValueError("--group needs --user: without it the workers would keep root")
         if self.max_packets is not None and self.max_packets < 1:
             raise ValueError(f"--max-packets must be at least 1, not {self.max_packets}")
         if self.steer not in steering.MODES:
