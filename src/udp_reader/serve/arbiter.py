@@ -183,6 +183,7 @@ class Arbiter:
                 raise StartError("no address: give --bind or start under socket activation")
             shared = self._new_listener() if self.shared else None
             self.slots = [Slot(i, shared or self._new_listener()) for i in range(self.target)]
+            self.slots[0].listener.check_bind()  # before any handler code runs
             self._join_groups()
             return
         for h in handed:
