@@ -69,7 +69,8 @@ def test_a_port_held_without_reuseport(marker_dir, host):
     if shutil.which("socat") is None:
         pytest.fail("socat is missing: .ci/run installs it")
     port = free_port()
-    socat = subprocess.Popen(["socat", "-u", f"UDP4-RECV:{port}", "/dev/null"])
+    socat = subprocess.Popen(["socat", "-u", f"UDP4-RECV:{port}", "/dev/null"],
+                             env={k: v for k, v in os.environ.items() if k != "LD_PRELOAD"})
     try:
         wait_until_bound(port)
         line = refused(serve_command(f"{host}:{port}"), marker_dir)
