@@ -28,12 +28,12 @@ import random
 import selectors
 import signal
 import socket
-import subprocess
 import time
 from typing import Deque, Dict, Iterator, List, Optional, Tuple
 
 from udp_reader import handoff, multicast, sockets, systemd
-from udp_reader.serve import privileges, protocol, statusfile, steering, upgrade
+from udp_reader.serve import counters, foreground, privileges, protocol, statusfile, steering
+from udp_reader.serve import upgrade
 from udp_reader.serve import metrics  # --metrics
 from udp_reader.serve.config import Config
 from udp_reader.serve.listeners import Listener
@@ -111,7 +111,7 @@ class Arbiter:
         # takeover peers. While any does, no socket is shed.
         self.predecessor: Optional[upgrade.Predecessor] = None
         self.predecessor_fd: Optional[int] = None
-        self.successor: Optional[subprocess.Popen] = None
+        self.successor: Optional[upgrade.Successor] = None
         self.peers: List[socket.socket] = []
         self.handover_deadline = NEVER
         self.totals: collections.Counter = collections.Counter()
@@ -130,9 +130,10 @@ class Arbiter:
     def run(self) -> int:
         try:
             self._setup()
-            return self._loop()
+            code = self._loop()
         finally:
             self._close()
+        return foreground.follow(self.successor, code)  # after USR2 in a terminal
 
     def _setup(self) -> None:
         c = self.config
@@ -174,7 +175,7 @@ class Arbiter:
         if self.predecessor is not None:
             self.target = self.predecessor.workers
             try:
-                self.predecessor_fd = os.pidfd_open(self.predecessor.pid)
+                self.predecessor_fd = self.predecessor.watch()
                 self.selector.register(self.predecessor_fd, selectors.EVENT_READ, "predecessor")
             except ProcessLookupError:
                 pass
@@ -722,6 +723,8 @@ class Arbiter:
         if self.metrics is not None:
             self.metrics.close()
         self.selector.close()
+        if self.successor is not None:  # an upgrade: the new master counts on from ours
+            self.successor.leave(counters.carried(self))
 
     # -- others holding our sockets --------------------------------------------------------
 
@@ -759,7 +762,11 @@ class Arbiter:
             self.pid_file.restore()
 
     def _predecessor_gone(self) -> None:
-        assert self.predecessor_fd is not None
+        assert self.predecessor_fd is not None and self.predecessor is not None
+        carried = self.predecessor.read(self.predecessor_fd)
+        if carried is None:
+            return  # it is still leaving
+        counters.carry_over(self, carried)
         self.selector.unregister(self.predecessor_fd)
         os.close(self.predecessor_fd)
         self.predecessor_fd = None

@@ -41,9 +41,42 @@ def _parse(name: str, sock: socket.socket) -> Handed:
     return Handed(int(number) if number.isdigit() else None, sock, flag == "external")
 
 
-class Predecessor(NamedTuple):
-    pid: int
-    workers: int
+class Predecessor:
+    """The master we upgrade from. It tells us it has left (its sockets
+    closed, its workers gone) by closing a pipe, after writing its
+    counters into it (Successor.leave): the totals go on from there. It
+    may stay alive after that: a foreground master waits for us
+    (foreground.py)."""
+
+    def __init__(self, pid: int, workers: int, left_fd: Optional[int]) -> None:
+        self.pid = pid
+        self.workers = workers
+        self._left_fd = left_fd  # None: a master that only exits (watch its pid)
+        self._said = b""
+
+    def watch(self) -> int:
+        """A descriptor that turns readable as the old master leaves."""
+        if self._left_fd is None:
+            return os.pidfd_open(self.pid)
+        os.set_blocking(self._left_fd, False)
+        os.set_inheritable(self._left_fd, False)
+        return self._left_fd
+
+    def read(self, fd: int) -> Optional[dict]:
+        """What the old master carried over once it has left (empty if it
+        said nothing: it crashed, or it only exits); None until then."""
+        if self._left_fd is None:
+            return {}
+        try:
+            while chunk := os.read(fd, 65536):
+                self._said += chunk
+        except BlockingIOError:
+            return None
+        try:
+            carried = json.loads(self._said or b"{}")
+        except ValueError:
+            return {}
+        return carried if isinstance(carried, dict) else {}
 
 
 def inherited() -> Tuple[Optional[Predecessor], List[Handed]]:
@@ -53,20 +86,55 @@ def inherited() -> Tuple[Optional[Predecessor], List[Handed]]:
     socks = handoff.import_inherited()
     if text and socks:
         info = json.loads(text)
-        return (Predecessor(int(info["pid"]), int(info["workers"])),
+        left_fd = info.get("left_fd")
+        return (Predecessor(int(info["pid"]), int(info["workers"]),
+                            int(left_fd) if left_fd is not None else None),
                 [_parse(name, s) for name, s in socks])
     return None, [Handed(None, s, True) for _, s in systemd.listen_fds()]
 
 
+class Successor(subprocess.Popen):
+    """The new master a USR2 started, and the pipe that tells it when we
+    have left."""
+
+    def __init__(self, command: List[str], env: dict, pass_fds: Sequence[int],
+                 left_fd: int) -> None:
+        super().__init__(command, env=env, pass_fds=pass_fds)
+        self._left_fd: Optional[int] = left_fd
+
+    def leave(self, carried: dict) -> None:
+        """Say we have left, handing on our counters."""
+        if self._left_fd is None:
+            return
+        try:
+            os.write(self._left_fd, json.dumps(carried).encode())  # far below a pipe's 64 KiB
+        except OSError:
+            pass  # it is gone
+        os.close(self._left_fd)
+        self._left_fd = None
+
+    def __del__(self) -> None:  # a new master that failed: no one reads the pipe
+        if getattr(self, "_left_fd", None) is not None:
+            os.close(self._left_fd)
+            self._left_fd = None
+        super().__del__()
+
+
 def start_successor(argv: Sequence[str], handed: Sequence[Tuple[int, socket.socket, bool]],
-                    workers: int) -> subprocess.Popen:
+                    workers: int) -> Successor:
     """Run the same command again with our sockets (USR2)."""
-    env = dict(os.environ, **{UPGRADE_ENV: json.dumps({"pid": os.getpid(), "workers": workers})})
+    read_end, write_end = os.pipe2(os.O_CLOEXEC)
+    env = dict(os.environ, **{UPGRADE_ENV: json.dumps(
+        {"pid": os.getpid(), "workers": workers, "left_fd": read_end})})
     fds = handoff.export_for_exec([(_name(slot, ext), s) for slot, s, ext in handed], env)
     try:
-        return subprocess.Popen([sys.executable, "-m", "udp_reader", *argv], env=env,
-                                pass_fds=fds)
+        return Successor([sys.executable, "-m", "udp_reader", *argv], env=env,
+                         pass_fds=[*fds, read_end], left_fd=write_end)
+    except BaseException:
+        os.close(write_end)
+        raise
     finally:
+        os.close(read_end)
         for fd in fds:
             os.set_inheritable(fd, False)
 
