@@ -41,10 +41,10 @@ def follow(successor: Optional[subprocess.Popen], code: int) -> int:
     foreground, the new master's once it ends."""
     if successor is None or successor.poll() is not None or not in_foreground():
         return code
+    waited = FORWARDED | {signal.SIGCHLD}
+    signal.pthread_sigmask(signal.SIG_BLOCK, waited)  # from here on none is missed
     log.info("master %d serves on in this terminal; this process waits for it "
              "(Ctrl-C stops it)", successor.pid)
-    waited = FORWARDED | {signal.SIGCHLD}
-    signal.pthread_sigmask(signal.SIG_BLOCK, waited)
     while successor.poll() is None:
         info = signal.sigtimedwait(waited, 1.0)
         if info is not None and info.si_signo in FORWARDED and info.si_code != SI_KERNEL:
