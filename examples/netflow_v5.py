@@ -18,7 +18,8 @@ millions of sources cost bounded memory.
         udp-reader serve netflow_v5:on_batch --bind :2055 --batches
 
 Each flow: exporter, src, dst, sport, dport, proto, packets, bytes, first
-and last (Unix milliseconds), tcp_flags, tos, input, output, nexthop,
+and last (Unix milliseconds, through the exporter's 32-bit uptime wrapping
+every 49.7 days, as nfdump reads them), tcp_flags, tos, input, output, nexthop,
 src_as, dst_as. Lines go out once a second and when the worker leaves.
 """
 
@@ -71,6 +72,18 @@ def decode(batch) -> Tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     return head, records, owner, valid
 
 
+# A flow time this far past the export time is an exporter's clock slip,
+# not a 49-day-old flow (as nfdump reads it: Cisco bug CSCei12353).
+FUTURE_MS = 100_000
+
+
+def _age(uptime: np.ndarray, at: np.ndarray) -> np.ndarray:
+    """ms from a flow time `at` to the export, both on the exporter's
+    wrapping 32-bit uptime clock."""
+    age = (uptime - at.astype(np.int64)) & 0xFFFFFFFF
+    return np.where(age > (1 << 32) - FUTURE_MS, age - (1 << 32), age)
+
+
 class Collector:
     def __init__(self, out: Optional[str], interval: float = 1.0) -> None:
         self.fd = (os.open(out, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
@@ -87,16 +100,19 @@ class Collector:
         self.invalid += int(np.count_nonzero(~valid))
         exporters = [packet.src[0] for packet in batch]  # one address per datagram
         self._sequence(exporters, head, valid)
-        # Absolute times: the exporter's clock at export minus the uptime gone since.
+        # Absolute times: the exporter's clock at export minus each time's
+        # age. Uptime and flow times are 32-bit ms counters that wrap every
+        # 49.7 days (and softflowd -r exports an uptime of 0), so an age is
+        # their difference modulo 2**32.
         exported_ms = head["unix_secs"].astype(np.int64) * 1000 + head["unix_nsecs"] // 1_000_000
-        boot_ms = (exported_ms - head["uptime"].astype(np.int64))[owner]
+        exported_ms, uptime = exported_ms[owner], head["uptime"].astype(np.int64)[owner]
         columns = {
             "src": records["src"].tolist(), "dst": records["dst"].tolist(),
             "sport": records["sport"].tolist(), "dport": records["dport"].tolist(),
             "proto": records["proto"].tolist(), "packets": records["packets"].tolist(),
             "bytes": records["bytes"].tolist(),
-            "first": (boot_ms + records["first"]).tolist(),
-            "last": (boot_ms + records["last"]).tolist(),
+            "first": (exported_ms - _age(uptime, records["first"])).tolist(),
+            "last": (exported_ms - _age(uptime, records["last"])).tolist(),
             "tcp_flags": records["tcp_flags"].tolist(), "tos": records["tos"].tolist(),
             "input": records["input"].tolist(), "output": records["output"].tolist(),
             "nexthop": records["nexthop"].tolist(),

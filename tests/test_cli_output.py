@@ -150,6 +150,66 @@ def test_send_paces_to_a_rate_and_a_duration():
     assert len(got) == sent
 
 
+def test_send_at_a_rate_for_a_duration_sends_rate_times_duration():
+    with Reader("127.0.0.1:0", rcvbuf=16 << 20) as reader:
+        host, port = reader.address
+        result = subprocess.run([*COMMAND, "send", f"{host}:{port}", "--rate", "20000",
+                                 "--duration", "0.5"],
+                                capture_output=True, text=True, timeout=DEADLINE)
+        assert result.returncode == 0, result.stderr
+        assert re.search(r"sent 10000 datagrams", result.stdout), result.stdout
+        got = collect(reader, 10000, keep=lambda p: int.from_bytes(p.data[:8], "little"))
+    assert sorted(got) == list(range(10000))
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_send_stopped_by_a_signal_reports_what_it_sent(sig):
+    with Reader("127.0.0.1:0", rcvbuf=16 << 20) as reader:
+        host, port = reader.address
+        proc = subprocess.Popen([*COMMAND, "send", f"{host}:{port}", "--rate", "1000"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            got = collect(reader, 50)  # it is sending
+            proc.send_signal(sig)
+            out, err = proc.communicate(timeout=DEADLINE)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        assert proc.returncode == 0, err
+        sent = int(re.search(r"sent (\d+) datagrams", out).group(1))
+        got += collect(reader, sent - len(got))
+    assert len(got) == sent
+
+
+def test_send_takes_the_ipv6_payload_limit():
+    with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        s.bind(("::1", 0))
+        s.settimeout(DEADLINE)
+        result = subprocess.run([*COMMAND, "send", f"[::1]:{s.getsockname()[1]}", "--size",
+                                 "65527", "--count", "1"],
+                                capture_output=True, text=True, timeout=DEADLINE)
+        assert result.returncode == 0, result.stderr
+        assert len(s.recv(70000)) == 65527
+
+
+def test_a_closed_pipe_is_a_normal_end():
+    # `udp-reader ... | head -c 100`: head leaves, the next write fails; the
+    # command ends quietly with 0, as cat does.
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    with Reader("127.0.0.1:0") as reader:
+        host, port = reader.address
+        result = subprocess.run([*COMMAND, "send", f"{host}:{port}", "--count", "1"],
+                                stdout=write_end, stderr=subprocess.PIPE, text=True,
+                                timeout=DEADLINE)
+        os.close(write_end)
+        assert len(collect(reader, 1)) == 1
+    assert result.returncode == 0
+    assert result.stderr == ""
+
+
 def test_send_random_payloads_differ_at_a_paced_rate():
     with Reader("127.0.0.1:0", rcvbuf=16 << 20) as reader:
         host, port = reader.address
@@ -269,6 +329,12 @@ def _used_port():
      "--status-interval must be 0 (off) or at least 0.1 s, not -1"),
     (["listen", "127.0.0.1:0", "--top", "--format", "hex"], "--top shows a table"),
     (["bench", "--size", "0"], "--size"),
+    (["listen", "127.0.0.1:0", "--duration", "inf"], "--duration must be a positive number"),
+    (["listen", "127.0.0.1:0", "--duration", "nan"], "--duration must be a positive number"),
+    (["send", "127.0.0.1:9", "--duration", "inf"], "--duration must be a positive number"),
+    (["listen", "127.0.0.1:0", "--rcvbuf", "0"], "--rcvbuf must be a positive int, not 0"),
+    (["send", "127.0.0.1:9", "--size", "65508"], "size 65508 is over 65507 bytes"),
+    (["send", "[::1]:9", "--size", "65528"], "must be within 0..65527"),
 ])
 def test_wrong_input_gives_one_line_and_exit_2(args, words):
     result = subprocess.run([*COMMAND, *args], capture_output=True, text=True, timeout=DEADLINE)

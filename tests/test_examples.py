@@ -6,6 +6,7 @@ runs under `udp-reader serve`, and its worker_stop() writes the tail."""
 from __future__ import annotations
 
 import csv
+import datetime
 import io
 import json
 import os
@@ -231,6 +232,26 @@ def test_netflow_from_softflowd_matches_nfdump(record_dir, monkeypatch):
     made = {(s, d, p, sp, dp, n, n * (20 + (8 if p == 17 else 20) + size))
             for s, d, p, sp, dp, n, size in FLOWS}
     assert ours == made
+    # softflowd -r exports with an uptime of 0, so every flow started
+    # "before boot": its times wrap around 2**32 ms, and must come out as
+    # nfdump's (ms since the epoch; nfdump prints them in UTC here).
+    ours_times = {(f["src"], f["dst"], f["sport"]): (f["first"], f["last"])
+                  for f in json_lines(out)}
+    times = subprocess.run(["nfdump", "-q", "-R", flow_dir, "-o", "fmt:%sa|%da|%sp|%ts|%te"],
+                           check=True, capture_output=True, text=True, timeout=DEADLINE,
+                           env=dict(plain_env(), TZ="UTC")).stdout
+    theirs_times = {}
+    for line in times.splitlines():
+        sa, da, sp, ts, te = (field.strip() for field in line.split("|"))
+        theirs_times[(sa, da, int(sp))] = (_utc_ms(ts), _utc_ms(te))
+    assert len(theirs_times) == len(FLOWS)
+    assert ours_times == theirs_times
+
+
+def _utc_ms(text: str) -> int:
+    """nfdump's 'YYYY-MM-DD HH:MM:SS.mmm' (UTC) as ms since the epoch."""
+    stamp = datetime.datetime.strptime(text, "%Y-%m-%d %H:%M:%S.%f")
+    return round(stamp.replace(tzinfo=datetime.timezone.utc).timestamp() * 1000)
 
 
 def test_syslog_json_escapes_what_a_terminal_would_obey(record_dir, monkeypatch):

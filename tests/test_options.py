@@ -67,7 +67,7 @@ def test_flags_build_options():
 @pytest.mark.parametrize("argv, message", [
     (["--min-size", "10", "--max-size", "2"], "--min-size (10) must not exceed --max-size (2)"),
     (["--batch-size", "0"], "--batch-size must be within 1..1024, not 0"),
-    (["--rcvbuf", "-1"], "--rcvbuf must be a positive int or None, not -1"),
+    (["--rcvbuf", "-1"], "--rcvbuf must be a positive int, not -1"),
 ])
 def test_wrong_flags_are_one_line_in_flag_spelling(argv, message):
     with pytest.raises(ValueError) as info:

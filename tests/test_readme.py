@@ -28,6 +28,28 @@ def options(command: str) -> set[str]:
             if o.startswith("--") and o != "--help"}
 
 
-@pytest.mark.parametrize("command", ["listen", "watch", "send", "bench", "serve"])
+def commands() -> set[str]:
+    parser = build_parser()
+    return set(next(a for a in parser._actions if a.dest == "command").choices)
+
+
+def test_every_command_and_only_commands_have_a_synopsis():
+    with open(README) as f:
+        text = f.read()
+    assert set(re.findall(r"^### udp-reader ([a-z-]+)$", text, flags=re.M)) == commands()
+    # Every command line README shows names a real command (metrics is
+    # serve --metrics, not a command).
+    shown = set(re.findall(r"^(?:\$ )?udp-reader ([a-z][a-z-]*)", text, flags=re.M))
+    assert shown <= commands()
+
+
+@pytest.mark.parametrize("command", ["listen", "watch", "send", "bench", "serve", "status"])
 def test_synopsis_names_every_option(command):
     assert synopsis(command) == options(command)
+
+
+def test_build_outputs_are_ignored():
+    """The wheel recipe in Set-up writes dist/ and wheelhouse/: never commit them."""
+    with open(os.path.join(os.path.dirname(README), ".gitignore")) as f:
+        ignored = set(f.read().split())
+    assert {"dist/", "wheelhouse/"} <= ignored

@@ -110,6 +110,24 @@ def test_handler_exception_is_logged_and_the_worker_carries_on(record_dir):
     assert 1 <= len(errors) < 10  # rate-limited
 
 
+def test_first_of_each_distinct_handler_error_is_logged_with_its_traceback(record_dir):
+    # Without -v: one traceback per kind of error (type and place), not one
+    # per error, and none for the repeats.
+    server = Server("flaky:on_packet", record_dir=record_dir)
+    server.wait_for("serving")
+    send(("127.0.0.1", server.port), [b"boom"] * 20 + [b"key"] * 20 + [b"boom", b"a"])
+    deadline = time.monotonic() + DEADLINE
+    while not recorded(record_dir) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert server.stop() == 0
+    text = "\n".join(server.lines)
+    assert text.count("Traceback (most recent call last)") == 2, text
+    assert re.search(r"handler raised ValueError: boom\nTraceback.*"
+                     r'flaky\.py", line \d+, in on_packet\n.*\nValueError: boom', text, re.S)
+    assert re.search(r"handler raised KeyError: 'key'.*\nTraceback.*"
+                     r"\nKeyError: 'key'", text, re.S)
+
+
 def test_every_handler_error_is_counted_in_the_log_by_the_stop(record_dir):
     # The log is rate-limited, but the errors of the last second before
     # TERM are told too: reported lines plus "N more" add up to all.
@@ -206,6 +224,7 @@ def test_unwritable_pid_file_is_a_clear_error(record_dir):
     (["--steer", "spread", "--shared"], "needs a socket per worker, not --shared"),
     (["--steer", "cpu", "--workers", str(len(os.sched_getaffinity(0)) + 1)], "CPU(s)"),
     (["--user", "nobody", "--group", "no-such-group-here"], "--group: no group"),
+    (["--group", "nogroup"], "--group needs --user: without it the workers would keep root"),
     (["--rcvbuf", "-1"], "--rcvbuf must be a positive int"),
     (["--shared", "--takeover", "/proc/no/such/dir"], "--takeover /proc/no/such/dir: no such"),
     (["--shared", "--takeover", "{record_dir}/run"], "no handoff at"),

@@ -7,6 +7,7 @@ import contextlib
 import json
 import logging
 import os
+import select
 import signal
 import sys
 import threading
@@ -99,8 +100,10 @@ def _check_limits(args: argparse.Namespace) -> None:
     """--count and --duration, where a command takes them."""
     if args.count is not None and args.count < 1:
         raise UsageError(f"--count must be at least 1, not {args.count}")
-    if args.duration is not None and args.duration <= 0:
-        raise UsageError(f"--duration must be positive, not {args.duration}")
+    # inf and nan too: a timer cannot wait forever, and nan compares false.
+    if args.duration is not None and not 0 < args.duration <= threading.TIMEOUT_MAX:
+        raise UsageError(f"--duration must be a positive number of seconds up to "
+                         f"{threading.TIMEOUT_MAX:.0f}, not {args.duration:g}")
 
 
 def _check_output(args: argparse.Namespace) -> str:
@@ -283,10 +286,15 @@ def cmd_send(args: argparse.Namespace) -> int:
         raise UsageError(describe(e)) from None
     if args.count is None and args.duration is None:
         log.info("sending until Ctrl-C (give --count or --duration to stop by itself)")
+    # Ctrl-C and TERM end the send the same way: the summary, exit 0.
+    stops = {sig: signal.signal(sig, lambda _sig, _frame: generator.stop())
+             for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         report = generator.run(rate=args.rate, count=args.count, duration=args.duration)
     finally:
         generator.close()
+        for sig, previous in stops.items():
+            signal.signal(sig, previous)
     print(report)
     return EXIT_OK
 
@@ -461,6 +469,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _stdout_gone() -> bool:
+    """True when nobody reads our stdout any more (a pipe's reader exited)."""
+    poller = select.poll()
+    poller.register(sys.stdout.fileno(), 0)
+    return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -469,7 +484,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     level = logging.INFO + 10 * (args.quiet - args.verbose)
     logging.basicConfig(level=level, format="udp-reader: %(message)s", stream=sys.stderr)
     try:
-        return args.func(args)
+        try:
+            code = args.func(args)
+            sys.stdout.flush()  # here, so a closed pipe is caught below
+            return code
+        except BrokenPipeError:
+            if not _stdout_gone():
+                raise
+            # The reader of our output went away (| head): a normal end, as
+            # for cat. Later writes (the interpreter's last flush) go nowhere.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return EXIT_OK
     except UsageError as e:
         print(f"udp-reader: error: {e}", file=sys.stderr)
         return EXIT_USAGE

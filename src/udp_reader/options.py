@@ -10,6 +10,9 @@ from typing import Any, Dict, Optional
 
 # The largest UDP payload over IPv4: 65535 - 20 (IP header) - 8 (UDP header).
 MAX_PAYLOAD = 65507
+# Over IPv6 (no jumbograms): 65535 - 8 (UDP header); the IPv6 header is not
+# counted in the payload length.
+MAX_PAYLOAD_V6 = 65527
 # A UDP length field's limit; the length window may reach it (IPv6 payloads
 # may exceed MAX_PAYLOAD).
 _SIZE_LIMIT = 65535
@@ -107,8 +110,10 @@ class ReaderOptions:
         try:
             return cls(**given)
         except (TypeError, ValueError) as e:
+            # The command line has no None: drop the API's "or None".
+            text = str(e).replace(" or None", "")
             raise ValueError(_FLAG_NAMES.sub(lambda m: "--" + m[0].replace("_", "-"),
-                                             str(e))) from None
+                                             text)) from None
 
 
 # The options that have a flag of their own, as checks name them.

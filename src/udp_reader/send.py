@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import random
 import socket
@@ -12,7 +13,7 @@ import time
 from typing import List, Optional, Tuple
 
 from udp_reader._sender import BatchSender
-from udp_reader.options import MAX_PAYLOAD
+from udp_reader.options import MAX_PAYLOAD, MAX_PAYLOAD_V6
 from udp_reader.sockets import UDP_SEGMENT, Address, parse_address
 
 log = logging.getLogger("udp_reader")
@@ -49,9 +50,18 @@ def parse_sizes(text: str) -> Tuple[int, int]:
         sizes = (int(low), int(high) if sep else int(low))
     except ValueError:
         raise ValueError(f"size {text!r} must be N or MIN-MAX") from None
-    if not 0 <= sizes[0] <= sizes[1] <= MAX_PAYLOAD:
-        raise ValueError(f"size {text!r} must be within 0..{MAX_PAYLOAD}, smallest first")
+    if not 0 <= sizes[0] <= sizes[1] <= MAX_PAYLOAD_V6:
+        raise ValueError(f"size {text!r} must be within 0..{MAX_PAYLOAD_V6}, smallest first")
     return sizes
+
+
+def payload_limit(family: int, sockaddr: tuple) -> int:
+    """The largest payload one datagram carries to `sockaddr`: an IPv4
+    header counts against it, an IPv6 one does not (a mapped IPv4
+    destination travels as IPv4)."""
+    if family == socket.AF_INET6 and not sockaddr[0].lower().startswith("::ffff:"):
+        return MAX_PAYLOAD_V6
+    return MAX_PAYLOAD
 
 
 def destination(address: Address) -> Tuple[int, tuple]:
@@ -73,7 +83,9 @@ class LoadGenerator:
                  payload: str = "seq", flows: int = 1, gso: bool = False) -> None:
         if flows < 1:
             raise ValueError(f"flows must be at least 1, not {flows}")
+        self.stopping = False
         family, sockaddr = destination(address)
+        limit = payload_limit(family, sockaddr)
         self.seq = payload == "seq"
         contents: Optional[bytes] = None
         if payload.startswith("@"):
@@ -82,11 +94,14 @@ class LoadGenerator:
                     contents = f.read()
             except OSError as e:
                 raise OSError(e.errno, f"cannot read payload file {payload[1:]}: {e.strerror}") from None
-            if len(contents) > MAX_PAYLOAD:
-                raise ValueError(f"payload file {payload[1:]} is over {MAX_PAYLOAD} bytes")
+            if len(contents) > limit:
+                raise ValueError(f"payload file {payload[1:]} is over {limit} bytes, "
+                                 f"the limit to {sockaddr[0]}")
             sizes = (len(contents), len(contents))
         elif payload not in PAYLOAD_KINDS:
             raise ValueError(f"payload must be seq, random or @FILE, not {payload!r}")
+        elif sizes[1] > limit:
+            raise ValueError(f"size {sizes[1]} is over {limit} bytes, the limit to {sockaddr[0]}")
         if self.seq and sizes[0] < SEQ_BYTES:
             raise ValueError(f"seq payloads need at least {SEQ_BYTES} bytes")
         # With GSO one message carries `per_message` datagrams of one size,
@@ -148,16 +163,29 @@ class LoadGenerator:
         for sock, _ in self.flows:
             sock.close()
 
+    def stop(self) -> None:
+        """End run() after the send under way (from a signal handler: a
+        datagram the kernel took is never left out of the report)."""
+        self.stopping = True
+
     def run(self, *, rate: float = 0, count: Optional[int] = None,
             duration: Optional[float] = None) -> SendReport:
-        """Send until `count` datagrams or `duration` seconds (or Ctrl-C);
-        rate 0 is as fast as the kernel takes them."""
+        """Send until `count` datagrams or `duration` seconds (or stop());
+        rate 0 is as fast as the kernel takes them. With a rate, a duration
+        is a count: ceil(rate x duration) datagrams, one every 1/rate s, all
+        of them even where the pacing's sleeps end past the duration (and
+        later where the host cannot reach the rate)."""
         sent = nbytes = refused = 0
         flow = cursor = 0
         flows, most = self.flows, BATCH * self.per_message
+        if rate and duration is not None:
+            planned = math.ceil(rate * duration - 1e-9)  # 2000 x 3 is 6000, not 6001
+            count = planned if count is None else min(count, planned)
+            duration = None
+        self.stopping = False
         start = time.monotonic()
         try:
-            while count is None or sent < count:
+            while (count is None or sent < count) and not self.stopping:
                 now = time.monotonic()
                 if duration is not None and now - start >= duration:
                     break

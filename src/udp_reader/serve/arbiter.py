@@ -32,12 +32,12 @@ import random
 import selectors
 import signal
 import socket
-import subprocess
 import time
 from typing import Callable, Deque, Dict, Iterator, List, Optional, Tuple
 
 from udp_reader import handoff, multicast, sockets, systemd
-from udp_reader.serve import clock, privileges, protocol, statusfile, steering, upgrade
+from udp_reader.serve import clock, counters, foreground, privileges, protocol, statusfile
+from udp_reader.serve import steering, upgrade
 from udp_reader.serve import metrics  # --metrics
 from udp_reader.serve.config import Config
 from udp_reader.serve.listeners import Listener
@@ -109,10 +109,10 @@ class Arbiter:
         self.predecessor: Optional[upgrade.Predecessor] = None
         self.predecessor_fd: Optional[int] = None
         self.predecessor_told = False  # asked to leave: it no longer serves
-        self.new_master: Optional[subprocess.Popen] = None  # USR2
+        self.new_master: Optional[upgrade.Successor] = None  # USR2
         self.new_master_fd: Optional[int] = None  # it writes a byte here once ready
         self.new_master_ready = False
-        self.abandoned: List[subprocess.Popen] = []  # new masters stopped before ready
+        self.abandoned: List[upgrade.Successor] = []  # new masters stopped before ready
         self.peers: List[socket.socket] = []
         self.handover_deadline = NEVER
         self.totals: collections.Counter = collections.Counter()
@@ -140,9 +140,10 @@ class Arbiter:
     def run(self) -> int:
         try:
             self._setup()
-            return self._loop()
+            code = self._loop()
         finally:
             self._close()
+        return foreground.follow(self.new_master, code)  # after USR2 in a terminal
 
     def _setup(self) -> None:
         c = self.config
@@ -190,7 +191,7 @@ class Arbiter:
         if self.predecessor is not None:
             self.target = self.predecessor.workers
             try:
-                self.predecessor_fd = os.pidfd_open(self.predecessor.pid)
+                self.predecessor_fd = self.predecessor.watch()
                 self.selector.register(self.predecessor_fd, selectors.EVENT_READ, "predecessor")
             except ProcessLookupError:
                 pass
@@ -199,6 +200,7 @@ class Arbiter:
                 raise StartError("no address: give --bind or start under socket activation")
             shared = self._new_listener() if self.shared else None
             self.slots = [Slot(i, shared or self._new_listener()) for i in range(self.target)]
+            self.slots[0].listener.check_bind()  # before any handler code runs
             self._join_groups()
             return
         for h in handed:
@@ -568,7 +570,7 @@ class Arbiter:
         if self.predecessor_fd is not None:
             assert self.predecessor is not None
             log.info("new workers ready; asking the old master %d to leave", self.predecessor.pid)
-            upgrade.tell_to_leave(self.predecessor)
+            self.predecessor.tell_to_leave()
             self.predecessor_told = True
             self.phase, self.handover_deadline = Phase.HANDOVER, now + HANDOVER_WAIT
         else:
@@ -766,6 +768,8 @@ class Arbiter:
         if self.metrics is not None:
             self.metrics.close()
         self.selector.close()
+        if self.new_master is not None:  # an upgrade: the new master counts on from ours
+            self.new_master.leave(counters.carried(self))
 
     # -- others holding our sockets --------------------------------------------------------
 
@@ -792,8 +796,9 @@ class Arbiter:
     def _upgrade(self) -> None:
         self.upgrade_asked = False
         try:
-            self.new_master, self.new_master_fd = upgrade.start_successor(
-                self.config.argv, self._handed(), self.target)
+            self.new_master = upgrade.start_successor(self.config.argv, self._handed(),
+                                                      self.target)
+            self.new_master_fd = self.new_master.ready_fd
         except OSError as e:
             log.error("cannot start a new master: %s; this master carries on",
                       e.strerror or e)
@@ -860,7 +865,11 @@ class Arbiter:
         self._begin_stop(fast)
 
     def _predecessor_gone(self) -> None:
-        assert self.predecessor_fd is not None
+        assert self.predecessor_fd is not None and self.predecessor is not None
+        carried = self.predecessor.read(self.predecessor_fd)
+        if carried is None:
+            return  # it is still leaving
+        counters.carry_over(self, carried)
         self.selector.unregister(self.predecessor_fd)
         os.close(self.predecessor_fd)
         self.predecessor_fd = None

@@ -65,6 +65,8 @@ class Config:
                 raise ValueError(f"{flag} must be positive, not {value:g}")
         if not 0 <= self.timeout < float("inf"):
             raise ValueError(f"--timeout must be 0 (never) or positive, not {self.timeout:g}")
+        if self.group is not None and self.user is None:
+            raise ValueError("--group needs --user: without it the workers would keep root")
         if self.max_packets is not None and self.max_packets < 1:
             raise ValueError(f"--max-packets must be at least 1, not {self.max_packets}")
         if self.steer not in steering.MODES:

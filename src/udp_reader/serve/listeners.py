@@ -12,7 +12,7 @@ from __future__ import annotations
 import socket
 from typing import Optional
 
-from udp_reader import sockets
+from udp_reader import bindcheck, sockets
 
 
 class Listener:
@@ -29,6 +29,12 @@ class Listener:
     @property
     def shed(self) -> bool:
         return self._peer is not None or sockets.is_shed(self.sock)
+
+    def check_bind(self) -> None:
+        """Raise the OSError bind() would, where that can be known without
+        binding (bindcheck.py): found before any worker starts."""
+        if self.unbound is not None:
+            bindcheck.check(self.sock.family, self.unbound)
 
     def bind(self, port: Optional[int]) -> int:
         """Join the port (on `port` once one is chosen); returns the port."""

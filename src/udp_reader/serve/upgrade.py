@@ -6,10 +6,11 @@
 - inherited across exec from the master this one upgrades (USR2), or
 - taken from a running master over its handoff socket (--takeover).
 
-A new master started by USR2 says it is ready, and so that the old one must
-leave, by writing a byte on a pipe the old one passed it; a TERM to the old
-master is then always the operator's (or the service manager's) stop, which
-it passes on to the new one: a stop during an upgrade stops the service.
+A USR2 joins the old and the new master by two pipes: the new one writes
+a byte on one once it is ready (so a TERM to the old master is always the
+operator's or the service manager's stop, which it passes on: a stop during
+an upgrade stops the service); the old one writes its counters on the other
+and closes it once it has left.
 
 Handed-over sockets keep their slot number, so the SO_REUSEPORT group, and
 with it every flow's slot, stays as it was. The Unix connection of a
@@ -29,7 +30,8 @@ from typing import List, NamedTuple, Optional, Sequence, Tuple
 from udp_reader import handoff, systemd
 from udp_reader.serve import bootstrap
 
-UPGRADE_ENV = "UDP_READER_UPGRADE_FROM"  # {"pid", "workers", "ready_fd"} of the old master
+# {"pid", "workers", "left_fd", "ready_fd"} of the old master, for the new one
+UPGRADE_ENV = "UDP_READER_UPGRADE_FROM"
 
 
 class Handed(NamedTuple):
@@ -47,24 +49,58 @@ def _parse(name: str, sock: socket.socket) -> Handed:
     return Handed(int(number) if number.isdigit() else None, sock, flag == "external")
 
 
-class Predecessor(NamedTuple):
-    pid: int
-    workers: int
-    ready_fd: Optional[int]  # write a byte here once ready (absent: a TERM does)
+class Predecessor:
+    """The master we upgrade from. It tells us it has left (its sockets
+    closed, its workers gone) by closing a pipe, after writing its
+    counters into it (Successor.leave): the totals go on from there. It
+    may stay alive after that: a foreground master waits for us
+    (foreground.py)."""
 
+    def __init__(self, pid: int, workers: int, left_fd: Optional[int],
+                 ready_fd: Optional[int]) -> None:
+        self.pid = pid
+        self.workers = workers
+        self._left_fd = left_fd  # None: a master that only exits (watch its pid)
+        self._ready_fd = ready_fd  # None: a master that a TERM tells to leave
+        self._said = b""
 
-def tell_to_leave(predecessor: Predecessor) -> None:
-    """The new master is ready: the old one leaves."""
-    try:
-        if predecessor.ready_fd is None:
-            os.kill(predecessor.pid, signal.SIGTERM)
-        else:
-            os.write(predecessor.ready_fd, b"R")
-    except (ProcessLookupError, BrokenPipeError):
-        pass  # gone already
-    finally:
-        if predecessor.ready_fd is not None:
-            os.close(predecessor.ready_fd)
+    def tell_to_leave(self) -> None:
+        """We are ready: the old master leaves."""
+        try:
+            if self._ready_fd is None:
+                os.kill(self.pid, signal.SIGTERM)
+            else:
+                os.write(self._ready_fd, b"R")
+        except (ProcessLookupError, BrokenPipeError):
+            pass  # gone already
+        finally:
+            if self._ready_fd is not None:
+                os.close(self._ready_fd)
+                self._ready_fd = None
+
+    def watch(self) -> int:
+        """A descriptor that turns readable as the old master leaves."""
+        if self._left_fd is None:
+            return os.pidfd_open(self.pid)
+        os.set_blocking(self._left_fd, False)
+        os.set_inheritable(self._left_fd, False)
+        return self._left_fd
+
+    def read(self, fd: int) -> Optional[dict]:
+        """What the old master carried over once it has left (empty if it
+        said nothing: it crashed, or it only exits); None until then."""
+        if self._left_fd is None:
+            return {}
+        try:
+            while chunk := os.read(fd, 65536):
+                self._said += chunk
+        except BlockingIOError:
+            return None
+        try:
+            carried = json.loads(self._said or b"{}")
+        except ValueError:
+            return {}
+        return carried if isinstance(carried, dict) else {}
 
 
 def inherited() -> Tuple[Optional[Predecessor], List[Handed]]:
@@ -74,35 +110,67 @@ def inherited() -> Tuple[Optional[Predecessor], List[Handed]]:
     socks = handoff.import_inherited()
     if text and socks:
         info = json.loads(text)
-        ready_fd = info.get("ready_fd")
+        left_fd, ready_fd = info.get("left_fd"), info.get("ready_fd")
         if ready_fd is not None:
             os.set_inheritable(ready_fd, False)
-        return (Predecessor(int(info["pid"]), int(info["workers"]), ready_fd),
+        return (Predecessor(int(info["pid"]), int(info["workers"]),
+                            int(left_fd) if left_fd is not None else None,
+                            int(ready_fd) if ready_fd is not None else None),
                 [_parse(name, s) for name, s in socks])
     return None, [Handed(None, s, True) for _, s in systemd.listen_fds()]
 
 
+class Successor(subprocess.Popen):
+    """The new master a USR2 started, the pipe that tells it when we have
+    left, and `ready_fd`, where it says it is ready (one byte; end of file
+    without one: it failed). The caller closes ready_fd."""
+
+    def __init__(self, command: List[str], env: dict, pass_fds: Sequence[int],
+                 left_fd: int, ready_fd: int) -> None:
+        super().__init__(command, env=env, pass_fds=pass_fds)
+        self._left_fd: Optional[int] = left_fd
+        self.ready_fd = ready_fd
+
+    def leave(self, carried: dict) -> None:
+        """Say we have left, handing on our counters."""
+        if self._left_fd is None:
+            return
+        try:
+            os.write(self._left_fd, json.dumps(carried).encode())  # far below a pipe's 64 KiB
+        except OSError:
+            pass  # it is gone
+        os.close(self._left_fd)
+        self._left_fd = None
+
+    def __del__(self) -> None:  # a new master that failed: no one reads the pipe
+        if getattr(self, "_left_fd", None) is not None:
+            os.close(self._left_fd)
+            self._left_fd = None
+        super().__del__()
+
+
 def start_successor(argv: Sequence[str], handed: Sequence[Tuple[int, socket.socket, bool]],
-                    workers: int) -> Tuple[subprocess.Popen, int]:
-    """Run the same command again with our sockets (USR2); returns the new
-    master and the pipe end it says it is ready on (one byte; end of file
-    without one: it failed)."""
-    ready_read, ready_write = os.pipe2(os.O_CLOEXEC)
+                    workers: int) -> Successor:
+    """Run the same command again with our sockets (USR2)."""
+    read_end, write_end = os.pipe2(os.O_CLOEXEC)
+    ready_read, ready_write = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
     env = dict(os.environ, **{UPGRADE_ENV: json.dumps(
-        {"pid": os.getpid(), "workers": workers, "ready_fd": ready_write})})
+        {"pid": os.getpid(), "workers": workers, "left_fd": read_end,
+         "ready_fd": ready_write})})
     fds = handoff.export_for_exec([(_name(slot, ext), s) for slot, s, ext in handed], env)
     try:
-        proc = subprocess.Popen([*bootstrap.command("udp_reader"), *argv], env=env,
-                                pass_fds=(*fds, ready_write))
+        return Successor([*bootstrap.command("udp_reader"), *argv], env=env,
+                         pass_fds=[*fds, read_end, ready_write], left_fd=write_end,
+                         ready_fd=ready_read)
     except BaseException:
+        os.close(write_end)
         os.close(ready_read)
         raise
     finally:
+        os.close(read_end)
         os.close(ready_write)
         for fd in fds:
             os.set_inheritable(fd, False)
-    os.set_blocking(ready_read, False)
-    return proc, ready_read
 
 
 def take_over(directory: str) -> Tuple[socket.socket, List[Handed]]:

@@ -27,7 +27,7 @@ import signal
 import sys
 import threading
 import time
-from typing import Any, Callable, Optional, Tuple
+from typing import Any, Callable, Optional, Set, Tuple
 
 from udp_reader import Reader, ReceiveError, answering, sockets
 from udp_reader.serve import bootstrap, logs, privileges, protocol
@@ -73,24 +73,42 @@ def _hook(hook: Callable[[], Any]) -> None:
 
 class RateLimitedLog:
     """Logs a handler's exceptions at most once per `interval` seconds,
-    saying how many were left out; flush() tells the tail at exit."""
+    saying how many were left out; flush() tells the tail at exit. The
+    first of each distinct error (its type and where it was raised) is
+    always logged, with its traceback: the one an operator needs to fix
+    it, without -v and without a flood."""
+
+    KINDS = 1000  # distinct errors remembered; past that only -v shows tracebacks
 
     def __init__(self, interval: float = 1.0) -> None:
         self.interval = interval
         self.count = 0
         self.suppressed = 0
         self._last = -interval
+        self._seen: Set[Tuple[str, str, int]] = set()
 
     def error(self, exc: BaseException) -> None:
         self.count += 1
         now = time.monotonic()
-        if now - self._last < self.interval:
+        new = self._new_kind(exc)
+        if not new and now - self._last < self.interval:
             self.suppressed += 1
             return
         log.error("handler raised %s: %s%s", type(exc).__name__, exc, self._more(),
-                  exc_info=log.isEnabledFor(logging.DEBUG))
+                  exc_info=new or log.isEnabledFor(logging.DEBUG))
         self.suppressed = 0
         self._last = now
+
+    def _new_kind(self, exc: BaseException) -> bool:
+        tb = exc.__traceback__
+        while tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+        kind = (f"{type(exc).__module__}.{type(exc).__qualname__}",
+                tb.tb_frame.f_code.co_filename if tb else "", tb.tb_lineno if tb else 0)
+        if kind in self._seen or len(self._seen) >= self.KINDS:
+            return False
+        self._seen.add(kind)
+        return True
 
     def flush(self) -> None:
         if self.suppressed:
