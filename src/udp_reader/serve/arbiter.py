@@ -492,6 +492,7 @@ class Arbiter:
                 self._to_drains(slot)
                 replacement = Slot(slot.index, self._new_listener())
                 replacement.served, replacement.retry_at = True, slot.retry_at
+                replacement.failures, replacement.failed_at = slot.failures, slot.failed_at
                 self.slots.append(replacement)
 
     def _retry_later(self, slot: Slot, why: str) -> None:

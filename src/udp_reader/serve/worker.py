@@ -229,7 +229,7 @@ class Worker:
             # Not the handler's: a new worker takes over the socket, after
             # the master's back-off, rather than this one spinning.
             log.error("the reader failed: %s; leaving", e)
-            self.report(error=f"the reader failed: {e}", stats=self.stats())
+            self.report(error=str(e), stats=self.stats())
             return protocol.EXIT_READER_FAILED
         self.errors.flush()
         self.report(released=True)
