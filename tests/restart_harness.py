@@ -1028,6 +1028,11 @@ def main() -> None:
                 if proc.poll() is None:
                     proc.kill()
                     proc.wait()
+            for pid in ours(h.dir):  # what a failed run left: an upgrade's masters, workers
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
             for cleanup in h.cleanups:
                 cleanup()
         after = udp_counters()
