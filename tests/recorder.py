@@ -4,7 +4,8 @@ the harness can check that every number sent arrived exactly once, and
 which slot and process handled each flow.
 
 STUCK_SEQ=N makes the handler hang forever on number N; RAISE_AFTER=1
-makes it raise after recording each packet (or batch); SLOW_SLOT=K makes
+makes it raise after recording each packet (or batch), BUSY_US=U after
+U microseconds of work (per packet); SLOW_SLOT=K makes
 the worker of slot K sleep SLOW_SECONDS per packet; STALL_IMPORT=FILE makes
 the import take 8 s while FILE exists."""
 
@@ -20,6 +21,7 @@ _out = os.open(os.path.join(os.environ["RECORD_DIR"], f"{_slot}.{os.getpid()}.se
 _stuck = int(os.environ.get("STUCK_SEQ", "-1")).to_bytes(8, "little", signed=True)
 _pause = float(os.environ.get("SLOW_SECONDS", "0")) if os.environ.get("SLOW_SLOT") == _slot else 0
 _raise = bool(os.environ.get("RAISE_AFTER"))
+_busy = float(os.environ.get("BUSY_US", "0")) / 1e6
 
 
 class Recorded(Exception):
@@ -42,6 +44,10 @@ def on_packet(packet):
         threading_free_hang()
     if _pause:
         time.sleep(_pause)
+    if _busy:
+        end = time.perf_counter() + _busy
+        while time.perf_counter() < end:
+            pass
     if _raise:
         raise Recorded()
 

@@ -733,10 +733,10 @@ def raising(h: Harness, facts: dict):
     """A handler that raises after every packet it records, under HUPs: the
     master's retire lands between two runs, and the drain still delivers
     every packet the worker held."""
-    master = h.serve("--workers", "2", env={"RAISE_AFTER": "1"})
+    master = h.serve("--workers", "2", env={"RAISE_AFTER": "1", "BUSY_US": "100"})
     h.notify.ready()
     h.sender.start()
-    for _ in range(20):
+    for _ in range(40):
         time.sleep(0.05)
         master.send_signal(signal.SIGHUP)
         h.notify.reloaded()
@@ -847,19 +847,18 @@ def _wait(found, timeout: float = DEADLINE):
 
 @scenario_of
 def signal_burst(h: Harness, facts: dict):
-    """6 TTIN then 6 TTOU, 10 ms apart: each one counts."""
+    """12 TTIN then 12 TTOU, 10 ms apart (a script's loop): each one counts."""
     pid_file = os.path.join(h.dir, "serve.pid")
     master = h.serve("--workers", "2", "--pid-file", pid_file)
     h.notify.ready()
     h.sender.start()
-    for sig in [signal.SIGTTIN] * 6:
-        master.send_signal(sig)
-        time.sleep(0.01)
-    facts["workers_after_ttin"] = snapshot(pid_file, settled(8))["workers"]
-    for sig in [signal.SIGTTOU] * 6:
-        master.send_signal(sig)
-        time.sleep(0.01)
-    facts["workers_after_ttou"] = snapshot(pid_file, settled(2))["workers"]
+    for name, sig in (("ttin", signal.SIGTTIN), ("ttou", signal.SIGTTOU)):
+        for _ in range(12):
+            master.send_signal(sig)
+            time.sleep(0.01)
+        sent = time.time()
+        facts[f"workers_after_{name}"] = snapshot(
+            pid_file, lambda s: s["time"] > sent + 1 and settled(s["workers"])(s))["workers"]
     return master
 
 

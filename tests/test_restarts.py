@@ -235,7 +235,7 @@ def test_term_to_the_old_master_during_usr2_stops_the_service(handler):
 
 def test_signals_in_a_burst_each_count():
     r = run_scenario("signal_burst")
-    assert (r["workers_after_ttin"], r["workers_after_ttou"]) == (8, 2)
+    assert (r["workers_after_ttin"], r["workers_after_ttou"]) == (14, 2)
     assert_exact(r)
 
 
