@@ -3,12 +3,17 @@ UDP port, restarted, resized and upgraded without losing a datagram.
 
     config.py     what it is asked to do (options, flags, checks)
     arbiter.py    the master's loop over slots and workers; signals
+    clock.py      the master's time, less its own pauses
     listeners.py  the sockets the master holds
     upgrade.py    sockets from a service manager, a predecessor or a peer
+    counters.py   the totals an old master hands to the new one (USR2)
+    foreground.py a serve in a terminal stays there across USR2
     workers.py    a worker process, as the master sees it
     protocol.py   what master and worker say to each other
+    bootstrap.py  how a worker or new master starts Python (isolated)
     worker.py     the worker process itself
     privileges.py who the workers run as (--user, --group)
+    logs.py       log lines, stamped with their time
     steering.py   which worker gets a datagram (--steer)
     pidfile.py    the pid file
     statusfile.py the master's snapshot on disk, beside the pid file
