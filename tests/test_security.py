@@ -4,7 +4,6 @@ loopback, and what must hold against it."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
@@ -14,7 +13,6 @@ import tempfile
 import time
 from typing import Callable, List, Optional
 
-import pytest
 
 from conftest import DEADLINE, NOBODY, SANITIZED, STARTED, root_only
 from udp_reader.serve import statusfile

@@ -30,10 +30,9 @@ import errno
 import ipaddress
 import os
 import socket
-import sys
-from typing import Dict, Iterator, List, NamedTuple, Optional, Tuple
+from typing import Dict, List, NamedTuple, Optional, Tuple
 
-from udp_reader import sockets
+from udp_reader import served, sockets
 
 _SYS_PIDFD_GETFD = 438      # the same number on every architecture
 _CAP_NET_BIND_SERVICE = 10
@@ -81,14 +80,6 @@ def _privileged(port: int) -> Tuple[int, str]:
 
 # -- EADDRINUSE ------------------------------------------------------------------
 
-class Bound(NamedTuple):
-    """A socket on the port, as /proc/net/udp* shows it."""
-    family: int
-    address: str
-    uid: int
-    inode: int
-
-
 class Side(NamedTuple):
     """An address as bind(2)'s conflict rule sees it: IPv4 (an IPv4-mapped
     IPv6 address too), IPv6, or IPv6's wildcard, which covers IPv4 as well
@@ -130,17 +121,17 @@ def _in_use(family: int, host: str, port: int) -> Tuple[int, str]:
     if port == 0:
         return 0, ""
     ours = _side(family, host or "::", v6only=False)  # sockets.py clears V6ONLY on [::]
-    bound = list(_bound_on(port))
+    bound = served.bound(port)
     if not bound:
         return 0, ""
     holders = _holders({b.inode for b in bound if b.inode})
     refusing: List[str] = []
     for b in bound:
         holder = holders.get(b.inode)
-        theirs = _side(b.family, b.address, holder.v6only if holder else None)
+        theirs = _side(b.family, str(b.host), holder.v6only if holder else None)
         if _overlap(ours, theirs) is not True:
             continue
-        address = sockets.format_address(b.address, port)
+        address = sockets.format_address(str(b.host), port)
         who = holder.name if holder else "a socket"
         if b.uid != os.geteuid():
             refusing.append(f"{who} of uid {b.uid} holds {address}")
@@ -153,29 +144,6 @@ def _in_use(family: int, host: str, port: int) -> Tuple[int, str]:
     if refusing:
         return errno.EADDRINUSE, refusing[0]
     return 0, ""
-
-
-def _bound_on(port: int) -> Iterator[Bound]:
-    for family, path in ((socket.AF_INET, "/proc/net/udp"), (socket.AF_INET6, "/proc/net/udp6")):
-        try:
-            with open(path) as f:
-                lines = f.read().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            fields = line.split()
-            local, uid, inode = fields[1], int(fields[7]), int(fields[9])
-            address, _, hex_port = local.partition(":")
-            if int(hex_port, 16) == port:
-                yield Bound(family, _address(family, address), uid, inode)
-
-
-def _address(family: int, text: str) -> str:
-    """/proc prints each 32-bit word of the address as a host-order number."""
-    raw = bytes.fromhex(text)
-    if sys.byteorder == "little":
-        raw = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
-    return socket.inet_ntop(family, raw)
 
 
 class Holder(NamedTuple):

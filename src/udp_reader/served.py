@@ -24,6 +24,7 @@ class Socket(NamedTuple):
     host: IP
     uid: int
     inode: int
+    connected: bool  # it takes only its peer's datagrams (still, it holds the port)
 
 
 def _address(text: str) -> IP:
@@ -32,9 +33,8 @@ def _address(text: str) -> IP:
     return ipaddress.ip_address(raw)
 
 
-def listed(port: int) -> List[Socket]:
-    """The unconnected UDP sockets bound to `port` (a connected one only
-    takes its peer's datagrams)."""
+def bound(port: int) -> List[Socket]:
+    """Every UDP socket bound to `port`."""
     found = []
     for path, family in TABLES.items():
         try:
@@ -45,9 +45,16 @@ def listed(port: int) -> List[Socket]:
         for row in rows:
             fields = row.split()
             host, _, number = fields[1].partition(":")
-            if int(number, 16) == port and int(fields[3], 16) == UNCONNECTED:
-                found.append(Socket(family, _address(host), int(fields[7]), int(fields[9])))
+            if int(number, 16) == port:
+                found.append(Socket(family, _address(host), int(fields[7]), int(fields[9]),
+                                    int(fields[3], 16) != UNCONNECTED))
     return found
+
+
+def listed(port: int) -> List[Socket]:
+    """The unconnected UDP sockets bound to `port` (a connected one only
+    takes its peer's datagrams)."""
+    return [s for s in bound(port) if not s.connected]
 
 
 def _v4(host: IP) -> Union[ipaddress.IPv4Address, None]:

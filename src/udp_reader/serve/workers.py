@@ -10,7 +10,7 @@ import os
 import signal
 import subprocess
 import time
-from typing import Any, Dict, Optional
+from typing import Any, Dict
 
 from udp_reader.serve import bootstrap, clock, protocol
 
