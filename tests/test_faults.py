@@ -152,3 +152,23 @@ def test_a_reader_out_of_memory_is_told_as_one_and_its_worker_replaced(tmp_path)
     assert len(died) == 1 and "its reader failed" in died[0] and "no memory" in died[0], died
     assert "takes over its socket and queue in 1 s" in died[0]
     assert not any("handler raised" in l for l in server.lines)
+
+
+def test_serve_out_of_descriptors_when_a_worker_dies_keeps_serving(tmp_path):
+    # The killed worker's replacement cannot be spawned, and no socket can
+    # be opened to take its slot off the port: logged, retried, and the
+    # other worker serves on; with descriptors back, the slot is served again.
+    server = Server("flaky:on_packet", "--workers", "2", record_dir=str(tmp_path))
+    server.wait_for("serving")
+    pid = server.proc.pid
+    limits = resource.prlimit(pid, resource.RLIMIT_NOFILE)
+    (victim, victim_slot), _ = server.ready_workers()
+    # Its three descriptors come free when it is reaped: leave none over.
+    in_use = len(os.listdir(f"/proc/{pid}/fd")) - 3
+    resource.prlimit(pid, resource.RLIMIT_NOFILE, (in_use, limits[1]))
+    os.kill(int(victim), signal.SIGKILL)
+    server.wait_for(f"cannot take slot {victim_slot} off the port")
+    assert server.proc.poll() is None
+    resource.prlimit(pid, resource.RLIMIT_NOFILE, limits)
+    server.wait_for("ready on slot", 3)  # the slot has a worker again
+    assert server.stop() == 0

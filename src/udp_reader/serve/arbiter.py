@@ -488,9 +488,19 @@ class Arbiter:
                     s.worker is not None for s in self.slots):
                 # Nobody reads it: take it out of the group so the others
                 # get its traffic; a worker drains it once one can start.
+                try:
+                    listener = self._new_listener()
+                    try:
+                        self._to_drains(slot)
+                    except OSError:
+                        listener.close(discard=False)
+                        raise
+                except OSError as e:  # out of descriptors: it stays, and is retried
+                    log.error("cannot take %s off the port: %s; it stays, its queue waiting "
+                              "for a worker", slot, _text(e))
+                    return
                 log.warning("%s leaves the port; its queue waits for a worker to drain it", slot)
-                self._to_drains(slot)
-                replacement = Slot(slot.index, self._new_listener())
+                replacement = Slot(slot.index, listener)
                 replacement.served, replacement.retry_at = True, slot.retry_at
                 replacement.failures, replacement.failed_at = slot.failures, slot.failed_at
                 self.slots.append(replacement)
@@ -514,8 +524,10 @@ class Arbiter:
         return delay
 
     def _to_drains(self, slot: Slot) -> None:
-        self.slots.remove(slot)
+        """Raises OSError (out of descriptors for the throwaway peer) before
+        anything changed."""
         slot.listener.leave_group()
+        self.slots.remove(slot)
         slot.draining = True
         self.drains.append(slot)
         if slot.worker is not None and slot.worker.state is State.SERVING:
@@ -542,7 +554,12 @@ class Arbiter:
                 if not self.shared:
                     slot.listener.close(discard=False)
             else:
-                self._to_drains(slot)
+                try:
+                    self._to_drains(slot)
+                except OSError as e:
+                    log.error("TTOU not done: cannot take %s off the port: %s", slot, _text(e))
+                    self.target = len(self.slots)
+                    return
 
     def _cpu(self, slot: Slot) -> int:
         return self.cpus[slot.index % len(self.cpus)]
@@ -729,7 +746,10 @@ class Arbiter:
             # Sockets nobody else holds leave the port and are drained; the
             # others stay with their other holders.
             if self._may_shed(listener):
-                listener.leave_group()
+                try:
+                    listener.leave_group()
+                except OSError as e:  # its workers then finish what they hold
+                    log.error("cannot shed the socket of %s: %s", slot, _text(e))
             if worker is not None and worker.state is State.SERVING:
                 worker.tell(protocol.DRAIN if listener.shed else protocol.RETIRE,
                             State.LEAVING, now + self._leave_limit())
