@@ -733,7 +733,7 @@ def raising(h: Harness, facts: dict):
     """A handler that raises after every packet it records, under HUPs: the
     master's retire lands between two runs, and the drain still delivers
     every packet the worker held."""
-    master = h.serve("--workers", "2", env={"RAISE_AFTER": "1", "BUSY_US": "100"})
+    master = h.serve("--workers", "2", env={"RAISE_AFTER": "1", "BUSY_US": "20"})
     h.notify.ready()
     h.sender.start()
     for _ in range(40):
@@ -847,15 +847,15 @@ def _wait(found, timeout: float = DEADLINE):
 
 @scenario_of
 def signal_burst(h: Harness, facts: dict):
-    """12 TTIN then 12 TTOU, 10 ms apart (a script's loop): each one counts."""
+    """12 TTIN then 12 TTOU as fast as they can be sent, in their exact
+    form (RTMIN+1, RTMIN+2: the kernel queues them): each one counts."""
     pid_file = os.path.join(h.dir, "serve.pid")
     master = h.serve("--workers", "2", "--pid-file", pid_file)
     h.notify.ready()
     h.sender.start()
-    for name, sig in (("ttin", signal.SIGTTIN), ("ttou", signal.SIGTTOU)):
+    for name, sig in (("ttin", signal.SIGRTMIN + 1), ("ttou", signal.SIGRTMIN + 2)):
         for _ in range(12):
             master.send_signal(sig)
-            time.sleep(0.01)
         sent = time.time()
         facts[f"workers_after_{name}"] = snapshot(
             pid_file, lambda s: s["time"] > sent + 1 and settled(s["workers"])(s))["workers"]

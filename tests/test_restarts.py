@@ -233,7 +233,7 @@ def test_term_to_the_old_master_during_usr2_stops_the_service(handler):
     assert_exact(r)
 
 
-def test_signals_in_a_burst_each_count():
+def test_ttin_and_ttou_in_their_exact_form_each_count_in_a_burst():
     r = run_scenario("signal_burst")
     assert (r["workers_after_ttin"], r["workers_after_ttou"]) == (14, 2)
     assert_exact(r)

@@ -39,7 +39,7 @@ from udp_reader import handoff, multicast, sockets, systemd
 from udp_reader.serve import clock, counters, foreground, privileges, protocol, statusfile
 from udp_reader.serve import steering, upgrade
 from udp_reader.serve import metrics  # --metrics
-from udp_reader.serve.config import Config
+from udp_reader.serve.config import EXACT_TTIN, EXACT_TTOU, Config
 from udp_reader.serve.listeners import Listener
 from udp_reader.serve.pidfile import PidFile
 from udp_reader.serve.workers import NEVER, State, WorkerProcess, exit_reason, spawn
@@ -132,6 +132,8 @@ class Arbiter:
             signal.SIGQUIT: self.handle_quit,
             signal.SIGTTIN: self.handle_ttin,
             signal.SIGTTOU: self.handle_ttou,
+            EXACT_TTIN: self.handle_ttin,
+            EXACT_TTOU: self.handle_ttou,
             signal.SIGUSR2: self.handle_usr2,
         }
 

@@ -6,17 +6,24 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import signal
 from typing import Optional, Sequence, Tuple
 
 from udp_reader import multicast, sockets
 from udp_reader.options import ReaderOptions
 from udp_reader.serve import steering
 
+# TTIN and TTOU as real-time signals, which the kernel queues: two standard
+# signals of one kind merge when they come faster than the master runs.
+EXACT_TTIN = signal.SIGRTMIN + 1
+EXACT_TTOU = signal.SIGRTMIN + 2
+
 SIGNALS_HELP = """signals to the master:
   HUP         rolling restart: each slot's socket passes to a new worker
   TERM, INT   graceful stop (a second INT: fast)
   QUIT        fast stop
-  TTIN, TTOU  one worker more, one fewer
+  TTIN, TTOU  one worker more, one fewer (RTMIN+1, RTMIN+2: the same, counted
+              exactly however fast they come: the kernel queues them)
   USR2        upgrade: a new master takes over every socket
 
 the handler finds its slot number (0, 1, ...) in UDP_READER_SLOT.

@@ -18,10 +18,12 @@ import signal
 import subprocess
 from typing import Optional
 
+from udp_reader.serve.config import EXACT_TTIN, EXACT_TTOU
+
 log = logging.getLogger("udp_reader")
 
 FORWARDED = {signal.SIGINT, signal.SIGTERM, signal.SIGQUIT, signal.SIGHUP, signal.SIGTTIN,
-             signal.SIGTTOU, signal.SIGUSR2}
+             signal.SIGTTOU, signal.SIGUSR2, EXACT_TTIN, EXACT_TTOU}
 SI_KERNEL = 0x80  # si_code of a signal the kernel sent, a terminal's Ctrl-C among them
 
 

@@ -31,6 +31,7 @@ from typing import Any, Callable, Optional, Set, Tuple
 
 from udp_reader import Reader, ReceiveError, answering, sockets
 from udp_reader.serve import bootstrap, logs, privileges, protocol
+from udp_reader.serve.config import EXACT_TTIN, EXACT_TTOU
 
 log = logging.getLogger("udp_reader")
 
@@ -197,6 +198,8 @@ class Worker:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        for exact in (EXACT_TTIN, EXACT_TTOU):  # the master's, sent to the group
+            signal.signal(exact, signal.SIG_IGN)
         signal.signal(signal.SIGQUIT, lambda *_: self.obey(protocol.QUIT))
         faulthandler.register(signal.SIGUSR2, all_threads=True)
         if config["batches"]:
