@@ -1,6 +1,6 @@
 """Shared pieces of the benchmark suite, and the ratio report.
 
-Throughput is measured fill-then-drain (see udp_reader.benchmark): every
+Throughput is measured fill-then-drain (see udp_reader.cli.bench): every
 round queues the same datagrams on one loopback socket first, then times
 only a contender emptying the queue. Each benchmark records its median in
 one table; at the end of the run the ratios are printed against the targets.
@@ -16,7 +16,7 @@ from typing import Dict, Tuple
 
 import pytest
 
-from udp_reader.benchmark import Queue
+from udp_reader.cli.bench import Queue
 
 HERE = pathlib.Path(__file__).parent
 

@@ -20,9 +20,9 @@ import sys
 import time
 from typing import Callable, Dict, List
 
-from udp_reader import benchmark as contenders
+from udp_reader.cli import bench as contenders
 from udp_reader import sockets
-from udp_reader.benchmark import Queue
+from udp_reader.cli.bench import Queue
 
 GROUP = "239.255.0.1"
 

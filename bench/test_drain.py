@@ -15,8 +15,8 @@ import sys
 import pytest
 
 from conftest import HERE, record
-from udp_reader import benchmark as contenders
-from udp_reader.benchmark import Queue
+from udp_reader.cli import bench as contenders
+from udp_reader.cli.bench import Queue
 
 COUNT = 100_000
 WITH_IP_FIELDS = {

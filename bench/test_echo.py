@@ -32,7 +32,7 @@ import pytest
 
 from conftest import record
 from udp_reader import Reader, sockets
-from udp_reader.benchmark import RCVBUF, have_uvloop
+from udp_reader.cli.bench import RCVBUF, have_uvloop
 
 HERE = pathlib.Path(__file__).parent
 CLIENTS = 32

@@ -7,7 +7,7 @@ import os
 
 from conftest import record
 from udp_reader import Reader
-from udp_reader.benchmark import Queue
+from udp_reader.cli.bench import Queue
 
 CHUNK = 100_000
 TOTAL = 5_000_000

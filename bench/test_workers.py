@@ -14,7 +14,7 @@ import pytest
 
 from conftest import record
 from udp_reader import Reader
-from udp_reader.benchmark import Queue
+from udp_reader.cli.bench import Queue
 
 COUNT = 400_000
 

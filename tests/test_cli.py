@@ -12,7 +12,7 @@ import pytest
 
 from conftest import DEADLINE, send
 from udp_reader import ReaderOptions
-from udp_reader.cli import build_parser
+from udp_reader.cli.main import build_parser
 
 COMMAND = [sys.executable, "-m", "udp_reader"]
 

@@ -8,7 +8,7 @@ import pytest
 
 from conftest import collect
 from udp_reader import Reader
-from udp_reader.send import LoadGenerator
+from udp_reader.cli.send import LoadGenerator
 from udp_reader.sockets import UDP_SEGMENT
 
 

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from udp_reader.cli import build_parser
+from udp_reader.cli.main import build_parser
 
 README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
 

@@ -17,6 +17,5 @@ UDP port, restarted, resized and upgraded without losing a datagram.
     steering.py   which worker gets a datagram (--steer)
     pidfile.py    the pid file
     statusfile.py the master's snapshot on disk, beside the pid file
-    statusview.py `udp-reader status`: that snapshot for people
     metrics.py    the snapshot for Prometheus (--metrics)
 """

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from udp_reader import Packet
-from udp_reader.formats.summary import Summary
+from udp_reader.cli.formats.summary import Summary
 
 
 def hexdump(data: bytes) -> str:

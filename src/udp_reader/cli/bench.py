@@ -15,7 +15,7 @@ import time
 from typing import Callable, Dict, List, Optional
 
 from udp_reader import Reader, multicast, sockets
-from udp_reader.send import LoadGenerator
+from udp_reader.cli.send import LoadGenerator
 
 RCVBUF = 512 << 20
 

@@ -13,7 +13,7 @@ import socket
 import struct
 
 from udp_reader import Packet
-from udp_reader.formats.base import Writer, arrival
+from udp_reader.cli.formats.base import Writer, arrival
 
 MAGIC_NANOSECONDS = 0xA1B23C4D
 LINKTYPE_RAW = 101

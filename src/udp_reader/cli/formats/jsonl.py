@@ -7,7 +7,7 @@ import base64
 import json
 
 from udp_reader import Packet
-from udp_reader.formats.base import Writer, arrival, interface_name
+from udp_reader.cli.formats.base import Writer, arrival, interface_name
 
 
 class JsonLines(Writer):

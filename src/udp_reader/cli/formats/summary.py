@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from udp_reader import Packet
-from udp_reader.formats.base import Writer, arrival, clock, interface_name, route
+from udp_reader.cli.formats.base import Writer, arrival, clock, interface_name, route
 
 SHOWN = 16  # payload bytes shown
 

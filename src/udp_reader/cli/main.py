@@ -16,7 +16,7 @@ from typing import Callable, NoReturn, Optional, Sequence
 from udp_reader import Reader, __version__, sockets
 from udp_reader.options import DEFAULT_BATCH, DEFAULT_RCVBUF, MAX_PAYLOAD, ReaderOptions
 from udp_reader.serve import config as serve_config
-from udp_reader.status import StatusLine
+from udp_reader.cli.live import StatusLine
 
 log = logging.getLogger("udp_reader")
 
@@ -119,7 +119,7 @@ def _check_output(args: argparse.Namespace) -> str:
 
 
 def _writers(fmt: str, pcap_file, port: int) -> list:
-    from udp_reader.formats import FORMATS, Pcap
+    from udp_reader.cli.formats import FORMATS, Pcap
 
     writers = [] if fmt == "none" else [FORMATS[fmt](sys.stdout.buffer, port)]
     if pcap_file is not None:
@@ -218,7 +218,7 @@ def _listen(args: argparse.Namespace, reader, writers: list, command: str, said:
     where = sockets.format_address(host, port)
     status = StatusLine(lambda: reader.stats, 0 if args.top else args.status_interval)
     if args.top:
-        from udp_reader.top import TopView  # numpy: only when asked for
+        from udp_reader.cli.top import TopView  # numpy: only when asked for
     top = TopView(lambda: reader.stats, f"udp-reader {command} {where}", port,
                   args.status_interval) if args.top else None
     # Packet lines and the status line share the terminal: each batch's
@@ -272,7 +272,7 @@ def _listen(args: argparse.Namespace, reader, writers: list, command: str, said:
 
 
 def cmd_send(args: argparse.Namespace) -> int:
-    from udp_reader.send import LoadGenerator, parse_sizes
+    from udp_reader.cli.send import LoadGenerator, parse_sizes
 
     if args.rate < 0:
         raise UsageError(f"--rate must be 0 or more, not {args.rate}")
@@ -300,7 +300,7 @@ def cmd_send(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from udp_reader import benchmark
+    from udp_reader.cli import bench as benchmark
 
     if args.count < 1 or args.rounds < 1:
         raise UsageError("--count and --rounds must be at least 1")
@@ -343,16 +343,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from udp_reader.serve import statusview
+    from udp_reader.cli import status
 
     try:
-        snapshot = statusview.load(args.pid_file)
-    except statusview.NotRunning as e:  # exit 1: nothing serves there
+        snapshot = status.load(args.pid_file)
+    except status.NotRunning as e:  # exit 1: nothing serves there
         print(f"udp-reader: error: not running: {e}", file=sys.stderr)
         return EXIT_FAILURE
-    except statusview.Unreadable as e:
+    except status.Unreadable as e:
         raise UsageError(str(e)) from None
-    print(statusview.as_json(snapshot) if args.json else statusview.render(snapshot))
+    print(status.as_json(snapshot) if args.json else status.render(snapshot))
     return EXIT_OK
 
 

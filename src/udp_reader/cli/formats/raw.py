@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from udp_reader import Packet
-from udp_reader.formats.base import Writer
+from udp_reader.cli.formats.base import Writer
 
 
 class Raw(Writer):

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from typing import Dict, Type
 
-from udp_reader.formats.base import Writer
-from udp_reader.formats.hexdump import HexDump
-from udp_reader.formats.jsonl import JsonLines
-from udp_reader.formats.pcap import Pcap
-from udp_reader.formats.raw import Raw
-from udp_reader.formats.summary import Summary
+from udp_reader.cli.formats.base import Writer
+from udp_reader.cli.formats.hexdump import HexDump
+from udp_reader.cli.formats.jsonl import JsonLines
+from udp_reader.cli.formats.pcap import Pcap
+from udp_reader.cli.formats.raw import Raw
+from udp_reader.cli.formats.summary import Summary
 
 FORMATS: Dict[str, Type[Writer]] = {
     "summary": Summary,

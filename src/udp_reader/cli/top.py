@@ -19,8 +19,8 @@ from typing import Callable, Dict, List, Optional, TextIO, Tuple
 import numpy as np
 
 from udp_reader import Batch, Stats
-from udp_reader.formats.base import interface_name
-from udp_reader.status import _human
+from udp_reader.cli.formats.base import interface_name
+from udp_reader.cli.live import _human
 
 # Upper bounds of the size histogram's buckets: powers of two, then the
 # Ethernet payload (1500) and jumbo frames (9000).
