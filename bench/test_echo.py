@@ -32,7 +32,7 @@ import pytest
 
 from conftest import record
 from udp_reader import Reader, sockets
-from udp_reader.cli.bench import RCVBUF, have_uvloop
+from udp_reader.cli.bench import RCVBUF, event_loop, have_uvloop, new_uvloop
 
 HERE = pathlib.Path(__file__).parent
 CLIENTS = 32
@@ -136,43 +136,12 @@ def py_recvmsg(q: EchoQueue):
     return run
 
 
-def _event_loop(q: EchoQueue, new_loop):
-    loop = new_loop()
-    done = loop.create_future()
-    count = q.count
-
-    class Echo(asyncio.DatagramProtocol):
-        handled = 0
-
-        def connection_made(self, transport):
-            self.transport = transport
-
-        def datagram_received(self, data, addr):
-            self.transport.sendto(data, addr)
-            self.handled += 1
-            if self.handled == count:
-                done.set_result(None)
-
-    transport, _ = loop.run_until_complete(
-        loop.create_datagram_endpoint(Echo, sock=q.server.dup()))
-
-    def run():
-        try:
-            loop.run_until_complete(done)
-        finally:
-            transport.close()
-            loop.run_until_complete(asyncio.sleep(0))
-            loop.close()
-    return run
-
-
 def asyncio_echo(q: EchoQueue):
-    return _event_loop(q, asyncio.new_event_loop)
+    return event_loop(q.server, q.count, asyncio.new_event_loop, echo=True)
 
 
 def uvloop_echo(q: EchoQueue):
-    import uvloop
-    return _event_loop(q, uvloop.new_event_loop)
+    return event_loop(q.server, q.count, new_uvloop, echo=True)
 
 
 CONTENDERS = {"per_packet": per_packet, "per_batch": per_batch, "py_recvmsg": py_recvmsg,

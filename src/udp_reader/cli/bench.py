@@ -110,39 +110,51 @@ def python_recvmsg(queue: Queue) -> Drain:
     return drain
 
 
-def _event_loop(queue: Queue, new_loop: Callable[[], asyncio.AbstractEventLoop]) -> Drain:
+def event_loop(sock: socket.socket, count: int, new_loop: Callable[[], asyncio.AbstractEventLoop],
+               echo: bool = False) -> Drain:
+    """A datagram endpoint of `new_loop` on a copy of `sock`, ready to take
+    `count` datagrams (and with `echo`, send each back to its sender): the
+    event-loop contender of the drain and echo benchmarks."""
     loop = new_loop()
     done = loop.create_future()
-    count = queue.count
 
-    class Counter(asyncio.DatagramProtocol):
-        received = 0
+    class Endpoint(asyncio.DatagramProtocol):
+        handled = 0
+
+        def connection_made(self, transport):
+            self.sendto = transport.sendto
 
         def datagram_received(self, data, addr):
-            self.received += 1
-            if self.received == count:
+            if echo:
+                self.sendto(data, addr)
+            self.handled += 1
+            if self.handled == count:
                 done.set_result(None)
 
     transport, _ = loop.run_until_complete(
-        loop.create_datagram_endpoint(Counter, sock=queue.sock.dup()))
+        loop.create_datagram_endpoint(Endpoint, sock=sock.dup()))
 
-    def drain():
+    def run():
         try:
             loop.run_until_complete(done)
         finally:
             transport.close()
             loop.run_until_complete(asyncio.sleep(0))
             loop.close()
-    return drain
+    return run
+
+
+def new_uvloop() -> asyncio.AbstractEventLoop:
+    import uvloop
+    return uvloop.new_event_loop()
 
 
 def asyncio_endpoint(queue: Queue) -> Drain:
-    return _event_loop(queue, asyncio.new_event_loop)
+    return event_loop(queue.sock, queue.count, asyncio.new_event_loop)
 
 
 def uvloop_endpoint(queue: Queue) -> Drain:
-    import uvloop
-    return _event_loop(queue, uvloop.new_event_loop)
+    return event_loop(queue.sock, queue.count, new_uvloop)
 
 
 def have_uvloop() -> bool:
