@@ -14,6 +14,7 @@ import threading
 from typing import Callable, NoReturn, Optional, Sequence
 
 from udp_reader import Reader, __version__, sockets
+from udp_reader.errors import describe
 from udp_reader.options import DEFAULT_BATCH, DEFAULT_RCVBUF, MAX_PAYLOAD, ReaderOptions
 from udp_reader.serve import config as serve_config
 from udp_reader.cli.live import StatusLine
@@ -34,13 +35,6 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_USAGE, f"udp-reader: error: {message}; see {self.prog} --help\n")
-
-
-def describe(error: BaseException) -> str:
-    """An exception as one line for the operator, without "[Errno N]"."""
-    if isinstance(error, OSError) and error.strerror:
-        return error.strerror if not error.filename else f"{error.filename}: {error.strerror}"
-    return str(error)
 
 
 def _add_reader_options(p: argparse.ArgumentParser) -> None:
