@@ -8,18 +8,12 @@ socket to a new worker like a baton: the new one gets ready without
 reading, the old one finishes the receive it holds and says so, then the new
 one reads. The group never changes, so neither does any flow's slot.
 
-Signals are a table (Arbiter.handlers, one handle_* method per signal);
-each handler only records what was asked, and the loop advances every slot
-and worker a step at a time. Signals are read from the wake-up pipe, one
-byte per delivery, so a burst of TTINs counts each one the kernel delivered
-(two sent within microseconds of each other may still merge: standard
-signals do not queue):
-
-    HUP         rolling restart (HUPs during one merge into one more)
-    TERM        graceful stop; INT too, and a second INT makes it fast
-    QUIT        fast stop
-    TTIN, TTOU  one slot more, one fewer (the one removed drains)
-    USR2        upgrade: a new master takes every socket across exec
+Signals are a table (Arbiter.handlers, one handle_* method per signal;
+what each asks: signals.py); each handler only records what was asked, and
+the loop advances every slot and worker a step at a time. Signals are read
+from the wake-up pipe, one byte per delivery, so a burst of TTINs counts
+each one the kernel delivered (two sent within microseconds of each other
+may still merge: standard signals do not queue).
 """
 
 from __future__ import annotations
@@ -40,7 +34,8 @@ from udp_reader.errors import describe
 from udp_reader.serve import clock, counters, foreground, privileges, protocol, statusfile
 from udp_reader.serve import steering, upgrade
 from udp_reader.serve import metrics  # --metrics
-from udp_reader.serve.config import EXACT_TTIN, EXACT_TTOU, Config
+from udp_reader.serve.config import Config
+from udp_reader.serve.signals import EXACT_TTIN, EXACT_TTOU, signal_line
 from udp_reader.serve.listeners import Listener
 from udp_reader.serve.pidfile import PidFile
 from udp_reader.serve.workers import NEVER, State, WorkerProcess, exit_reason, spawn
@@ -261,8 +256,10 @@ class Arbiter:
             self._wait()
             self._reap()
             while self.signals:
-                handler = self.handlers.get(self.signals.popleft())
+                number = self.signals.popleft()
+                handler = self.handlers.get(number)
                 if handler is not None:
+                    log.info("%s", signal_line(number))
                     handler()
             self._check_successor()
             now = clock.now()

@@ -6,17 +6,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import signal
 from typing import Optional, Sequence, Tuple
 
 from udp_reader import multicast, sockets
 from udp_reader.options import ReaderOptions
 from udp_reader.serve import steering
-
-# TTIN and TTOU as real-time signals, which the kernel queues: two standard
-# signals of one kind merge when they come faster than the master runs.
-EXACT_TTIN = signal.SIGRTMIN + 1
-EXACT_TTOU = signal.SIGRTMIN + 2
 
 SIGNALS_HELP = """signals to the master:
   HUP         rolling restart: each slot's socket passes to a new worker
