@@ -20,6 +20,8 @@ Check = Callable[[Any, Any], Optional[str]]
 
 @dataclasses.dataclass(frozen=True)
 class Option:
+    """One option of serve: its Config field, flag, help and check."""
+
     name: str                    # the Config field
     flag: Optional[str]          # None: the positional argument
     help: str
@@ -28,7 +30,8 @@ class Option:
     metavar: Optional[str] = None
     choices: Optional[Sequence[str]] = None
     many: bool = False           # may be given again; the field is a tuple
-    parse: Optional[Callable[[Tuple[str, ...]], Any]] = None  # the given texts, to the field
+    # The given texts to the field's value; its ValueError starts with the wrong text.
+    parse: Optional[Callable[[Tuple[str, ...]], Any]] = None
     check: Optional[Check] = None
 
     @property
