@@ -105,4 +105,4 @@ def test_help_shows_every_option_and_what_each_signal_asks():
 def test_every_signal_the_master_takes_has_its_line():
     assert set(Arbiter(Config(handler="app:handle")).handlers) == {s.number for s in SIGNALS}
     assert signal_line(signal.SIGHUP).startswith("HUP: rolling restart")
-    assert signal_line(signal.SIGRTMIN + 1).startswith("RTMIN+1: TTIN, counted exactly")
+    assert signal_line(signal.SIGRTMIN + 1).startswith("RTMIN+1: one slot more, as TTIN")

@@ -33,10 +33,10 @@ SIGNALS = (
     Signal("TTIN", signal.SIGTTIN, "one slot more"),
     Signal("TTOU", signal.SIGTTOU, "one slot fewer: it leaves the port and its worker "
                                    "drains it"),
-    Signal("RTMIN+1", EXACT_TTIN, "TTIN, counted exactly however fast they come: the kernel "
-                                  "queues real-time signals"),
-    Signal("RTMIN+2", EXACT_TTOU, "TTOU, counted exactly however fast they come: the kernel "
-                                  "queues real-time signals"),
+    Signal("RTMIN+1", EXACT_TTIN, "one slot more, as TTIN, counted exactly however fast they "
+                                  "come (the kernel queues real-time signals)"),
+    Signal("RTMIN+2", EXACT_TTOU, "one slot fewer, as TTOU, counted exactly however fast they "
+                                  "come (the kernel queues real-time signals)"),
     Signal("USR2", signal.SIGUSR2, "upgrade: a new master (the same command) takes over every "
                                    "socket, then this one leaves"),
 )
