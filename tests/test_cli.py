@@ -13,6 +13,7 @@ import pytest
 from conftest import DEADLINE, send
 from udp_reader import ReaderOptions
 from udp_reader.cli.main import build_parser
+from udp_reader.cli.reader_flags import reader_options
 
 COMMAND = [sys.executable, "-m", "udp_reader"]
 
@@ -89,7 +90,7 @@ def test_wrong_input_gives_one_line_and_exit_2(args, words):
 
 def test_listen_opens_the_reader_with_its_defaults():
     args = build_parser().parse_args(["listen", ":0"])
-    assert ReaderOptions.from_args(args) == ReaderOptions(gro=True)
+    assert reader_options(args) == ReaderOptions(gro=True)
 
 
 def test_version():

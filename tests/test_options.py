@@ -5,6 +5,7 @@ import argparse
 import pytest
 
 from udp_reader import Reader, ReaderOptions
+from udp_reader.cli.reader_flags import add_reader_flags, reader_options
 from udp_reader.options import DEFAULT_BATCH, DEFAULT_RCVBUF, MAX_BATCH, MAX_PAYLOAD
 
 
@@ -48,18 +49,18 @@ def test_rcvbuf_none_is_allowed():
 
 def parse(*argv: str, gro: bool = True) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
-    ReaderOptions.add_arguments(parser, gro=gro)
+    add_reader_flags(parser, gro=gro)
     return parser.parse_args(argv)
 
 
 def test_flags_build_options():
     args = parse("--min-size", "8", "--max-size", "1500", "--batch-size", "32",
                  "--rcvbuf", "1048576", "--no-gro", "--ip-fields")
-    assert ReaderOptions.from_args(args, timestamps=True) == ReaderOptions(
+    assert reader_options(args, timestamps=True) == ReaderOptions(
         min_size=8, max_size=1500, batch_size=32, rcvbuf=1 << 20, gro=False, timestamps=True,
         ip_fields=True)
-    assert ReaderOptions.from_args(parse()) == ReaderOptions(gro=True)
-    assert ReaderOptions.from_args(parse(gro=False)) == ReaderOptions(gro=False)
+    assert reader_options(parse()) == ReaderOptions(gro=True)
+    assert reader_options(parse(gro=False)) == ReaderOptions(gro=False)
     with pytest.raises(SystemExit):
         parse("--no-gro", gro=False)
 
@@ -71,5 +72,5 @@ def test_flags_build_options():
 ])
 def test_wrong_flags_are_one_line_in_flag_spelling(argv, message):
     with pytest.raises(ValueError) as info:
-        ReaderOptions.from_args(parse(*argv))
+        reader_options(parse(*argv))
     assert str(info.value) == message

@@ -21,7 +21,7 @@ import fcntl
 import ipaddress
 import socket
 import struct
-from typing import Dict, Iterator, List, NamedTuple, Optional, Set, Tuple, Union
+from typing import Dict, Iterable, Iterator, List, NamedTuple, Optional, Set, Tuple, Union
 
 Interface = Union[None, int, str]
 
@@ -84,6 +84,18 @@ def parse(spec: Union[str, Membership]) -> Membership:
         raise ValueError(f"{spec!r}: no group (the notation is [SOURCE>]GROUP[@INTERFACE])")
     iface: Interface = int(interface) if interface.isdigit() else (interface or None)
     return check(group, source or None, iface)
+
+
+def parse_all(specs: Iterable[str]) -> Tuple[Membership, ...]:
+    """Memberships from their notation; a wrong one is a ValueError that
+    starts with it: "239.1.2.3@no-such0: interface 'no-such0' ..."."""
+    found = []
+    for spec in specs:
+        try:
+            found.append(parse(spec))
+        except ValueError as e:
+            raise ValueError(f"{spec}: {e}") from None
+    return tuple(found)
 
 
 def check(group: object, source: object = None, interface: object = None) -> Membership:

@@ -1,11 +1,9 @@
-"""The Reader's options, declared once: limits, defaults, checks and the
-command-line flags that set them."""
+"""The Reader's options, declared once: limits, defaults and checks (the
+command's flags for them: cli/reader_flags.py)."""
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import re
 from typing import Any, Dict, Optional
 
 # The largest UDP payload over IPv4: 65535 - 20 (IP header) - 8 (UDP header).
@@ -74,47 +72,3 @@ class ReaderOptions:
     def as_kwargs(self) -> Dict[str, Any]:
         """The options as keywords for Reader(**...)."""
         return dataclasses.asdict(self)
-
-    @staticmethod
-    def add_arguments(parser: argparse.ArgumentParser, *, gro: bool = True,
-                      ip_fields: bool = True) -> None:
-        """Add --min-size, --max-size, --batch-size, --rcvbuf, (with `gro`)
-        --no-gro and (with `ip_fields`) --ip-fields; from_args() checks them."""
-        parser.add_argument("--min-size", type=int, default=0, metavar="N",
-                            help="drop datagrams shorter than N bytes (default 0)")
-        parser.add_argument("--max-size", type=int, default=MAX_PAYLOAD, metavar="N",
-                            help=f"drop datagrams longer than N bytes (default {MAX_PAYLOAD})")
-        parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH, metavar="N",
-                            help=f"datagrams per recvmmsg call, 1..{MAX_BATCH} "
-                                 f"(default {DEFAULT_BATCH})")
-        parser.add_argument("--rcvbuf", type=int, default=DEFAULT_RCVBUF, metavar="BYTES",
-                            help="socket receive buffer size, forced past net.core.rmem_max "
-                                 f"where permitted (default {DEFAULT_RCVBUF})")
-        if gro:
-            parser.add_argument("--no-gro", dest="gro", action="store_false",
-                                help="do not ask the kernel for merged receives (UDP_GRO)")
-        if ip_fields:
-            parser.add_argument("--ip-fields", action="store_true",
-                                help="read every packet's TTL (hop limit) and TOS (traffic "
-                                     "class): packet.ttl, .tos, .ecn")
-
-    @classmethod
-    def from_args(cls, args: argparse.Namespace, **fields: Any) -> "ReaderOptions":
-        """The options parsed by add_arguments(); `fields` adds what has no
-        flag (timestamps=True). A wrong value is a ValueError in the flags'
-        own spelling, one line for the command to print."""
-        given = {"min_size": args.min_size, "max_size": args.max_size,
-                 "batch_size": args.batch_size, "rcvbuf": args.rcvbuf,
-                 "gro": getattr(args, "gro", False),
-                 "ip_fields": getattr(args, "ip_fields", False), **fields}
-        try:
-            return cls(**given)
-        except (TypeError, ValueError) as e:
-            # The command line has no None: drop the API's "or None".
-            text = str(e).replace(" or None", "")
-            raise ValueError(_FLAG_NAMES.sub(lambda m: "--" + m[0].replace("_", "-"),
-                                             text)) from None
-
-
-# The options that have a flag of their own, as checks name them.
-_FLAG_NAMES = re.compile(r"\b(min_size|max_size|batch_size|rcvbuf)\b")

@@ -7,20 +7,13 @@ import logging
 import sys
 import threading
 import time
-from typing import Callable, Iterator, Optional
+from typing import Callable, Iterator, Optional, Tuple
 
 from udp_reader import Stats
+from udp_reader.cli.ticker import Ticker
+from udp_reader.cli.units import human
 
 log = logging.getLogger("udp_reader")
-
-
-def _human(value: float, unit: str) -> str:
-    for prefix in ("", "k", "M", "G"):
-        if abs(value) < 1000:
-            return f"{value:.1f} {prefix}{unit}" if prefix else f"{value:.0f} {unit}"
-        value /= 1000
-    return f"{value:.1f} T{unit}"
-
 
 CLEAR_LINE = "\r\x1b[K"
 
@@ -33,24 +26,21 @@ class StatusLine:
     def __init__(self, stats: Callable[[], Stats], interval: Optional[float] = None) -> None:
         self._stats = stats
         self._tty = sys.stderr.isatty()
-        self._interval = (1.0 if self._tty else 10.0) if interval is None else interval
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="status", daemon=True)
+        interval = (1.0 if self._tty else 10.0) if interval is None else interval
+        self._ticker = Ticker(interval, self._tick, "status")
         self._started = time.monotonic()
+        self._last: Tuple[Stats, float] = (stats(), self._started)  # the last tick's
         # The line on screen, if any. The lock keeps a redraw from landing
         # in the middle of output that aside() let through.
         self._shown = ""
         self._lock = threading.Lock()
 
     def __enter__(self) -> "StatusLine":
-        if self._interval > 0:
-            self._thread.start()
+        self._ticker.start()
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        self._done.set()
-        if self._thread.is_alive():
-            self._thread.join()
+        self._ticker.stop()
         with self._lock:
             if self._shown:
                 sys.stderr.write("\n")  # the summary goes below the last status
@@ -72,19 +62,17 @@ class StatusLine:
                     sys.stderr.write(self._shown)
                     sys.stderr.flush()
 
-    def _loop(self) -> None:
-        last, then = self._stats(), time.monotonic()
-        while not self._done.wait(self._interval):
-            now_stats, now = self._stats(), time.monotonic()
-            line = self.format(last, now_stats, now - then)
-            if self._tty:
-                with self._lock:
-                    self._shown = line
-                    sys.stderr.write(CLEAR_LINE + line)
-                    sys.stderr.flush()
-            else:
-                log.info("%s", line)
-            last, then = now_stats, now
+    def _tick(self) -> None:
+        (last, then), now_stats, now = self._last, self._stats(), time.monotonic()
+        line = self.format(last, now_stats, now - then)
+        if self._tty:
+            with self._lock:
+                self._shown = line
+                sys.stderr.write(CLEAR_LINE + line)
+                sys.stderr.flush()
+        else:
+            log.info("%s", line)
+        self._last = (now_stats, now)
 
     @staticmethod
     def format(before: Stats, after: Stats, seconds: float) -> str:
@@ -92,7 +80,7 @@ class StatusLine:
         packets = (after.received - before.received) / seconds
         nbytes = (after.bytes - before.bytes) / seconds
         filtered = after.too_short + after.too_long
-        return (f"{_human(packets, 'pkt/s')}  {_human(nbytes, 'B/s')}  "
+        return (f"{human(packets, 'pkt/s')}  {human(nbytes, 'B/s')}  "
                 f"filtered {filtered}  kernel drops {after.kernel_drops}")
 
     def elapsed(self) -> float:

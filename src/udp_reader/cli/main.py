@@ -13,10 +13,12 @@ import sys
 import threading
 from typing import Callable, NoReturn, Optional, Sequence
 
-from udp_reader import Reader, __version__, sockets
-from udp_reader.options import DEFAULT_BATCH, DEFAULT_RCVBUF, MAX_PAYLOAD, ReaderOptions
-from udp_reader.serve import config as serve_config
+from udp_reader import Reader, __version__, multicast, sockets
+from udp_reader.errors import describe
+from udp_reader.options import DEFAULT_BATCH, DEFAULT_RCVBUF, MAX_PAYLOAD
+from udp_reader.cli import serve_flags
 from udp_reader.cli.live import StatusLine
+from udp_reader.cli.reader_flags import add_reader_flags, reader_options
 
 log = logging.getLogger("udp_reader")
 
@@ -34,17 +36,6 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_USAGE, f"udp-reader: error: {message}; see {self.prog} --help\n")
-
-
-def describe(error: BaseException) -> str:
-    """An exception as one line for the operator, without "[Errno N]"."""
-    if isinstance(error, OSError) and error.strerror:
-        return error.strerror if not error.filename else f"{error.filename}: {error.strerror}"
-    return str(error)
-
-
-def _add_reader_options(p: argparse.ArgumentParser) -> None:
-    ReaderOptions.add_arguments(p, ip_fields=False)  # listen reads them when it shows them
 
 
 def _add_output_options(p: argparse.ArgumentParser) -> None:
@@ -69,11 +60,11 @@ JOIN_HELP = ("join a multicast group, [SOURCE>]GROUP[@INTERFACE]: 239.1.2.3, "
 
 def _open_reader(args: argparse.Namespace, **fields) -> Reader:
     try:
-        joins = serve_config.parse_joins(getattr(args, "join", None))
+        joins = multicast.parse_all(args.join or ())
     except ValueError as e:
-        raise UsageError(str(e)) from None
+        raise UsageError(f"--join {e}") from None
     try:
-        options = ReaderOptions.from_args(args, **fields)
+        options = reader_options(args, **fields)
         reader = Reader(args.address, reuseport=args.reuseport, **options.as_kwargs())
     except (ValueError, TypeError, OSError) as e:
         raise UsageError(describe(e)) from None
@@ -328,12 +319,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from udp_reader.serve import logs
     from udp_reader.serve.arbiter import Arbiter, StartError
-    from udp_reader.serve.config import Config
 
     logs.configure(logging.getLogger().getEffectiveLevel(), "udp-reader")
 
     try:
-        config = Config.from_args(args)
+        config = serve_flags.make_config(args, args.argv)
     except ValueError as e:
         raise UsageError(str(e)) from None
     try:
@@ -387,7 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="host:port, :port (all addresses) or [v6]:port")
     _add_output_options(listen)
     listen.add_argument("--join", action="append", metavar="GROUP", help=JOIN_HELP)
-    _add_reader_options(listen)
+    add_reader_flags(listen, ip_fields=False)  # listen reads them when it shows them
     listen.add_argument("--no-reuseport", dest="reuseport", action="store_false",
                         help="refuse to share the port (SO_REUSEPORT off)")
     listen.add_argument("--share", action="store_true",
@@ -454,7 +444,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", action="store_true", help="print JSON")
     bench.set_defaults(func=cmd_bench)
 
-    serve = serve_config.add_parser(sub)
+    serve = serve_flags.add_parser(sub)
     serve.set_defaults(func=cmd_serve)
 
     status = sub.add_parser(

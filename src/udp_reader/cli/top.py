@@ -20,7 +20,8 @@ import numpy as np
 
 from udp_reader import Batch, Stats
 from udp_reader.cli.formats.base import interface_name
-from udp_reader.cli.live import _human
+from udp_reader.cli.ticker import Ticker
+from udp_reader.cli.units import human
 
 # Upper bounds of the size histogram's buckets: powers of two, then the
 # Ethernet payload (1500) and jumbo frames (9000).
@@ -135,7 +136,6 @@ class TopView:
         self._port = port
         self._stream = stream
         self._tty = stream.isatty()
-        self._interval = 1.0 if interval is None else interval
         self._lock = threading.Lock()
         self.sources, self.destinations = Tally(), Tally()
         self.sizes = np.zeros(len(SIZE_EDGES) + 1, dtype=np.int64)
@@ -143,8 +143,7 @@ class TopView:
         self._first: Tuple[float, Stats, Dict[bytes, int]] = (self._started, stats(), {})
         self._last = self._first
         self._average = False  # rates over the whole run, for the last table
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="top", daemon=True)
+        self._ticker = Ticker(1.0 if interval is None else interval, self.draw, "top")
 
     def add(self, batch: Batch, limit: Optional[int] = None) -> None:
         """Tally a batch, or its first `limit` packets."""
@@ -160,23 +159,16 @@ class TopView:
     def __enter__(self) -> "TopView":
         if self._tty:
             self._stream.write(HIDE_CURSOR + CLEAR_SCREEN)
-        if self._interval > 0:
-            self._thread.start()
+        self._ticker.start()
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        self._done.set()
-        if self._thread.is_alive():
-            self._thread.join()
+        self._ticker.stop()
         self._last, self._average = self._first, True
         self.draw()  # the last word stays on screen
         if self._tty:
             self._stream.write("\r\n" + SHOW_CURSOR)
         self._stream.flush()
-
-    def _loop(self) -> None:
-        while not self._done.wait(self._interval):
-            self.draw()
 
     def draw(self) -> None:
         size = shutil.get_terminal_size((100, 30))
@@ -205,9 +197,9 @@ class TopView:
         lines = [
             f"{self._title}   up {now - self._started:.0f} s",
             f"{'average ' if self._average else ''}"
-            f"{_human((stats.received - before.received) / seconds, 'pkt/s')}  "
-            f"{_human((stats.bytes - before.bytes) / seconds, 'B/s')}   "
-            f"total {stats.received} pkt {_human(stats.bytes, 'B')}   "
+            f"{human((stats.received - before.received) / seconds, 'pkt/s')}  "
+            f"{human((stats.bytes - before.bytes) / seconds, 'B/s')}   "
+            f"total {stats.received} pkt {human(stats.bytes, 'B')}   "
             f"filtered {stats.too_short + stats.too_long}   kernel drops {stats.kernel_drops}",
             "",
             f"{'SOURCE':<{NAME}} {'pkt/s':>9} {'packets':>11} {'%':>6} {'bytes':>10} "
@@ -216,14 +208,14 @@ class TopView:
         for key, (p, b, ports) in sources:
             rate = (p - seen.get(key, 0)) / seconds
             lines.append(f"{source_name(key):<{NAME}} {rate:>9.0f} {p:>11} "
-                         f"{100 * p / total:>6.1f} {_human(b, 'B'):>10} {ports:>6}")
+                         f"{100 * p / total:>6.1f} {human(b, 'B'):>10} {ports:>6}")
         if others[0]:
             lines.append(f"{'(others)':<{NAME}} {'':>9} {others[0]:>11} "
-                         f"{100 * others[0] / total:>6.1f} {_human(others[1], 'B'):>10}")
+                         f"{100 * others[0] / total:>6.1f} {human(others[1], 'B'):>10}")
         lines += ["", f"{'DESTINATION':<{NAME}} {'':>9} {'packets':>11} {'%':>6} {'bytes':>10}"]
         for key, (p, b, _) in destinations:
             lines.append(f"{destination_name(key, self._port):<{NAME}} {'':>9} {p:>11} "
-                         f"{100 * p / total:>6.1f} {_human(b, 'B'):>10}")
+                         f"{100 * p / total:>6.1f} {human(b, 'B'):>10}")
         lines += ["", f"{'SIZE (bytes)':<14} {'packets':>11}"]
         most = max(int(sizes.max()), 1)
         bounds = (0,) + SIZE_EDGES + (65536,)

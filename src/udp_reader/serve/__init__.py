@@ -1,7 +1,8 @@
 """`udp-reader serve`: a master process supervising workers that share one
 UDP port, restarted, resized and upgraded without losing a datagram.
 
-    config.py     what it is asked to do (options, flags, checks)
+    config.py     what it is asked to do: each option declared once
+    signals.py    what each signal asks of the master
     arbiter.py    the master's loop over slots and workers; signals
     clock.py      the master's time, less its own pauses
     listeners.py  the sockets the master holds

@@ -8,18 +8,12 @@ socket to a new worker like a baton: the new one gets ready without
 reading, the old one finishes the receive it holds and says so, then the new
 one reads. The group never changes, so neither does any flow's slot.
 
-Signals are a table (Arbiter.handlers, one handle_* method per signal);
-each handler only records what was asked, and the loop advances every slot
-and worker a step at a time. Signals are read from the wake-up pipe, one
-byte per delivery, so a burst of TTINs counts each one the kernel delivered
-(two sent within microseconds of each other may still merge: standard
-signals do not queue):
-
-    HUP         rolling restart (HUPs during one merge into one more)
-    TERM        graceful stop; INT too, and a second INT makes it fast
-    QUIT        fast stop
-    TTIN, TTOU  one slot more, one fewer (the one removed drains)
-    USR2        upgrade: a new master takes every socket across exec
+Signals are a table (Arbiter.handlers, one handle_* method per signal;
+what each asks: signals.py); each handler only records what was asked, and
+the loop advances every slot and worker a step at a time. Signals are read
+from the wake-up pipe, one byte per delivery, so a burst of TTINs counts
+each one the kernel delivered (two sent within microseconds of each other
+may still merge: standard signals do not queue).
 """
 
 from __future__ import annotations
@@ -36,10 +30,12 @@ import time
 from typing import Callable, Deque, Dict, Iterator, List, Optional, Tuple
 
 from udp_reader import handoff, multicast, sockets, systemd
+from udp_reader.errors import describe
 from udp_reader.serve import clock, counters, foreground, privileges, protocol, statusfile
 from udp_reader.serve import steering, upgrade
 from udp_reader.serve import metrics  # --metrics
-from udp_reader.serve.config import EXACT_TTIN, EXACT_TTOU, Config
+from udp_reader.serve.config import Config
+from udp_reader.serve.signals import EXACT_TTIN, EXACT_TTOU, signal_line
 from udp_reader.serve.listeners import Listener
 from udp_reader.serve.pidfile import PidFile
 from udp_reader.serve.workers import NEVER, State, WorkerProcess, exit_reason, spawn
@@ -161,7 +157,7 @@ class Arbiter:
             self.credentials = privileges.resolve(c.user, c.group)
             self._open_listeners()
         except OSError as e:
-            raise StartError(_text(e)) from None
+            raise StartError(describe(e)) from None
         except ValueError as e:
             raise StartError(str(e)) from None
         if c.metrics:  # bound before any worker starts: a port in use is a set-up error
@@ -243,8 +239,7 @@ class Arbiter:
                 joined = groups.join(m.group, interface=m.interface, source=m.source,
                                      rejoin=True)
             except (ValueError, OSError) as e:
-                raise StartError(f"--join {m}: {_text(e) if isinstance(e, OSError) else e}") \
-                    from None
+                raise StartError(f"--join {m}: {describe(e)}") from None
             log.info("joined %s%s", m.describe(), "" if joined else " (the socket had it already)")
         if not self.config.shared:
             log.info("--join: the workers share one socket, so each multicast datagram is "
@@ -261,8 +256,10 @@ class Arbiter:
             self._wait()
             self._reap()
             while self.signals:
-                handler = self.handlers.get(self.signals.popleft())
+                number = self.signals.popleft()
+                handler = self.handlers.get(number)
                 if handler is not None:
+                    log.info("%s", signal_line(number))
                     handler()
             self._check_successor()
             now = clock.now()
@@ -435,7 +432,7 @@ class Arbiter:
                 self.port = slot.listener.bind(self.port)
             except OSError as e:
                 self._forget_successor(slot)
-                self._start_failed(slot, _text(e))
+                self._start_failed(slot, describe(e))
                 return
         if slot.draining:
             new.tell(protocol.DRAIN, State.LEAVING, clock.now() + self._leave_limit())
@@ -499,7 +496,7 @@ class Arbiter:
                         raise
                 except OSError as e:  # out of descriptors: it stays, and is retried
                     log.error("cannot take %s off the port: %s; it stays, its queue waiting "
-                              "for a worker", slot, _text(e))
+                              "for a worker", slot, describe(e))
                     return
                 log.warning("%s leaves the port; its queue waits for a worker to drain it", slot)
                 replacement = Slot(slot.index, listener)
@@ -559,7 +556,7 @@ class Arbiter:
                 try:
                     self._to_drains(slot)
                 except OSError as e:
-                    log.error("TTOU not done: cannot take %s off the port: %s", slot, _text(e))
+                    log.error("TTOU not done: cannot take %s off the port: %s", slot, describe(e))
                     self.target = len(self.slots)
                     return
 
@@ -751,7 +748,7 @@ class Arbiter:
                 try:
                     listener.leave_group()
                 except OSError as e:  # its workers then finish what they hold
-                    log.error("cannot shed the socket of %s: %s", slot, _text(e))
+                    log.error("cannot shed the socket of %s: %s", slot, describe(e))
             if worker is not None and worker.state is State.SERVING:
                 worker.tell(protocol.DRAIN if listener.shed else protocol.RETIRE,
                             State.LEAVING, now + self._leave_limit())
@@ -989,7 +986,7 @@ class Arbiter:
             try:
                 statusfile.write(statusfile.path_for(self.pid_file.path), self.latest)
             except OSError as e:
-                log.warning("cannot write the status file: %s", _text(e))
+                log.warning("cannot write the status file: %s", describe(e))
 
     def _status(self) -> str:
         # A slot whose worker hands over to its successor still has a reader.
@@ -1002,10 +999,3 @@ class Arbiter:
             self.status = status
             systemd.notify(status)
 
-
-
-def _text(error: OSError) -> str:
-    """An OSError as one line, without "[Errno N]"."""
-    if error.strerror and error.filename:
-        return f"{error.filename}: {error.strerror}"
-    return error.strerror or str(error)

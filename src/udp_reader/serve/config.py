@@ -1,186 +1,187 @@
-"""What `udp-reader serve` is asked to do: its options, their flags and
-their checks, declared once."""
+"""What `udp-reader serve` is asked to do: each option declared once, as an
+Option in OPTIONS, from which come Config's fields and checks, the
+command's flags (cli/serve_flags.py) and the table of
+docs/serve-options.md (cli/serve_docs.py)."""
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
-import signal
-from typing import Optional, Sequence, Tuple
+from typing import Any, Callable, Optional, Sequence, Tuple
 
 from udp_reader import multicast, sockets
 from udp_reader.options import ReaderOptions
 from udp_reader.serve import steering
 
-# TTIN and TTOU as real-time signals, which the kernel queues: two standard
-# signals of one kind merge when they come faster than the master runs.
-EXACT_TTIN = signal.SIGRTMIN + 1
-EXACT_TTOU = signal.SIGRTMIN + 2
-
-SIGNALS_HELP = """signals to the master:
-  HUP         rolling restart: each slot's socket passes to a new worker
-  TERM, INT   graceful stop (a second INT: fast)
-  QUIT        fast stop
-  TTIN, TTOU  one worker more, one fewer (RTMIN+1, RTMIN+2: the same, counted
-              exactly however fast they come: the kernel queues them)
-  USR2        upgrade: a new master takes over every socket
-
-the handler finds its slot number (0, 1, ...) in UDP_READER_SLOT.
-
-examples:
-  udp-reader serve myapp.udp:handle --bind :9000 --workers 2
-  udp-reader serve myapp.udp:handle --bind :5000 --workers 2 --join 239.1.2.3@eth0"""
+# A check returns its complaint (one line, naming the flag), or None when
+# the value is right; it sees the whole Config for options that go together.
+Check = Callable[[Any, Any], Optional[str]]
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
-    handler: str
-    bind: Optional[str]
-    argv: Sequence[str] = ()       # the command line, for an upgrade (USR2)
-    reader: ReaderOptions = ReaderOptions(gro=True)
-    workers: int = 1
-    shared: bool = False
-    batches: bool = False
-    grace: float = 0.05
-    graceful_timeout: float = 30.0
-    start_timeout: float = 30.0
-    pid_file: Optional[str] = None
-    handoff_dir: Optional[str] = None   # offer the sockets to another master here
-    takeover_dir: Optional[str] = None  # take the sockets of a running master
-    user: Optional[str] = None          # workers run as (name or id)
-    group: Optional[str] = None
-    # A handler call (or a worker's silence) longer than this kills the
-    # worker; 0 never does. A queue holds seconds of traffic, not tens: a
-    # worker stuck 10 s is already losing datagrams, and the master's own
-    # pauses are not counted against it (clock.py).
-    timeout: float = 10.0
-    max_packets: Optional[int] = None   # a worker is replaced after about this many
-    max_packets_jitter: int = 0
-    steer: str = "hash"                 # see steering.py
-    metrics: Optional[str] = None       # HOST:PORT for Prometheus (metrics.py)
-    join: Tuple[multicast.Membership, ...] = ()  # multicast groups: one shared socket
+class Option:
+    """One option of serve: its Config field, flag, help and check."""
 
-    def __post_init__(self) -> None:
-        if self.workers < 1:
-            raise ValueError(f"--workers must be at least 1, not {self.workers}")
-        if self.grace < 0:
-            raise ValueError(f"--grace must be 0 or more, not {self.grace:g}")
-        for flag, value in (("--graceful-timeout", self.graceful_timeout),
-                            ("--start-timeout", self.start_timeout)):
-            if not value > 0:
-                raise ValueError(f"{flag} must be positive, not {value:g}")
-        if not 0 <= self.timeout < float("inf"):
-            raise ValueError(f"--timeout must be 0 (never) or positive, not {self.timeout:g}")
-        if self.group is not None and self.user is None:
-            raise ValueError("--group needs --user: without it the workers would keep root")
-        if self.max_packets is not None and self.max_packets < 1:
-            raise ValueError(f"--max-packets must be at least 1, not {self.max_packets}")
-        if self.steer not in steering.MODES:
-            raise ValueError(f"--steer must be one of {', '.join(steering.MODES)}")
-        if self.steer != "hash" and self.shared:
-            raise ValueError(f"--steer {self.steer} needs a socket per worker, not --shared")
-        for i, m in enumerate(self.join):
-            if m in self.join[:i]:
-                raise ValueError(f"--join {m}: given twice")
-        if self.steer != "hash" and self.join:
-            raise ValueError(f"--steer {self.steer} needs a socket per worker, but --join "
-                             "serves one shared socket (every socket on the port would get "
-                             "its own copy of each multicast datagram)")
-        cpus = len(os.sched_getaffinity(0))
-        if self.steer == "cpu" and self.workers > cpus:
-            raise ValueError(f"--steer cpu: {self.workers} workers but {cpus} CPU(s)")
-        if self.max_packets_jitter < 0:
-            raise ValueError(f"--max-packets-jitter must be 0 or more, "
-                             f"not {self.max_packets_jitter}")
-        if self.metrics is not None:
-            try:
-                sockets.parse_address(self.metrics)
-            except ValueError as e:
-                raise ValueError(f"--metrics: {e}") from None
+    name: str                    # the Config field
+    flag: Optional[str]          # None: the positional argument
+    help: str
+    default: Any = None
+    type: Callable[[str], Any] = str  # bool: a switch
+    metavar: Optional[str] = None
+    choices: Optional[Sequence[str]] = None
+    many: bool = False           # may be given again; the field is a tuple
+    # The given texts to the field's value; its ValueError starts with the wrong text.
+    parse: Optional[Callable[[Tuple[str, ...]], Any]] = None
+    check: Optional[Check] = None
 
-    @classmethod
-    def from_args(cls, args: argparse.Namespace) -> "Config":
-        return cls(handler=args.handler, bind=args.bind, argv=args.argv,
-                   reader=ReaderOptions.from_args(args), workers=args.workers,
-                   shared=args.shared, batches=args.batches, grace=args.grace,
-                   graceful_timeout=args.graceful_timeout, start_timeout=args.start_timeout,
-                   pid_file=args.pid_file, handoff_dir=args.handoff, takeover_dir=args.takeover,
-                   user=args.user, group=args.group, timeout=args.timeout,
-                   max_packets=args.max_packets, max_packets_jitter=args.max_packets_jitter,
-                   steer=args.steer, metrics=args.metrics, join=parse_joins(args.join))
+    @property
+    def shows_default(self) -> bool:
+        """Whether the default is worth telling: an option that takes a value
+        and has one."""
+        return self.type is not bool and not self.many and self.default is not None
 
 
-def parse_joins(specs: Optional[Sequence[str]]) -> Tuple[multicast.Membership, ...]:
-    """--join values (serve's and listen's); a wrong one is a ValueError
-    naming it."""
-    joins = []
-    for spec in specs or ():
+def _must(ok: Callable[[Any], bool], complaint: str) -> Check:
+    """A check of the value alone: `complaint`, formatted with the value as
+    {v}, unless ok(value)."""
+    return lambda v, _: None if ok(v) else complaint.format(v=v)
+
+
+def _once_each(joins: Tuple[multicast.Membership, ...], _: Any) -> Optional[str]:
+    for i, m in enumerate(joins):
+        if m in joins[:i]:
+            return f"--join {m}: given twice"
+    return None
+
+
+def _steer(mode: str, c: Any) -> Optional[str]:
+    if mode not in steering.MODES:
+        return f"--steer must be one of {', '.join(steering.MODES)}"
+    if mode != "hash" and c.shared:
+        return f"--steer {mode} needs a socket per worker, not --shared"
+    if mode != "hash" and c.join:
+        return (f"--steer {mode} needs a socket per worker, but --join serves one shared "
+                "socket (every socket on the port would get its own copy of each multicast "
+                "datagram)")
+    cpus = len(os.sched_getaffinity(0))
+    if mode == "cpu" and c.workers > cpus:
+        return f"--steer cpu: {c.workers} workers but {cpus} CPU(s)"
+    return None
+
+
+def _with_user(group: Optional[str], c: Any) -> Optional[str]:
+    if group is not None and c.user is None:
+        return "--group needs --user: without it the workers would keep root"
+    return None
+
+
+def _address(address: Optional[str], _: Any) -> Optional[str]:
+    if address is not None:
         try:
-            joins.append(multicast.parse(spec))
+            sockets.parse_address(address)
         except ValueError as e:
-            raise ValueError(f"--join {spec}: {e}") from None
-    return tuple(joins)
+            return f"--metrics: {e}"
+    return None
 
 
-_DEFAULTS = {f.name: f.default for f in dataclasses.fields(Config)}
+OPTIONS = (
+    Option("handler", None, "called with each Packet (or each Batch with --batches)",
+           metavar="MODULE:CALLABLE"),
+    Option("bind", "--bind", "address to serve; not needed under socket activation",
+           metavar="ADDRESS"),
+    Option("workers", "--workers", "worker processes", 1, int, "N",
+           check=_must(lambda n: n >= 1, "--workers must be at least 1, not {v}")),
+    Option("shared", "--shared", "all workers read one socket instead of one socket each",
+           False, bool),
+    Option("join", "--join", "join a multicast group, [SOURCE>]GROUP[@INTERFACE] "
+           "(239.1.2.3@eth0, '10.0.0.5>232.1.1.1@eth0' quoted, ff15::1@*); repeat for more. "
+           "Implies --shared: each datagram is handled once", (), metavar="GROUP", many=True,
+           parse=multicast.parse_all, check=_once_each),
+    Option("batches", "--batches", "call the handler once per received batch", False, bool),
+    Option("grace", "--grace", "a draining socket is done once idle this long, seconds",
+           0.05, float, "S", check=_must(lambda s: not s < 0,
+                                         "--grace must be 0 or more, not {v:g}")),
+    Option("graceful_timeout", "--graceful-timeout",
+           "longest a worker may take to leave, seconds", 30.0, float, "S",
+           check=_must(lambda s: s > 0, "--graceful-timeout must be positive, not {v:g}")),
+    Option("start_timeout", "--start-timeout",
+           "longest a new worker may take to be ready, seconds", 30.0, float, "S",
+           check=_must(lambda s: s > 0, "--start-timeout must be positive, not {v:g}")),
+    # A queue holds seconds of traffic, not tens: a worker stuck 10 s is
+    # already losing datagrams, and the master's own pauses are not counted
+    # against it (clock.py).
+    Option("timeout", "--timeout", "a worker whose handler has not returned for S seconds is "
+           "killed (its stack logged) and replaced on the same socket; 0: never", 10.0, float,
+           "S", check=_must(lambda s: 0 <= s < float("inf"),
+                            "--timeout must be 0 (never) or positive, not {v:g}")),
+    Option("max_packets", "--max-packets",
+           "replace a worker, without loss, after it handled about N packets", None, int, "N",
+           check=_must(lambda n: n is None or n >= 1,
+                       "--max-packets must be at least 1, not {v}")),
+    Option("max_packets_jitter", "--max-packets-jitter", "add up to J to each worker's "
+           "--max-packets, so they do not all restart at once", 0, int, "J",
+           check=_must(lambda j: j >= 0, "--max-packets-jitter must be 0 or more, not {v}")),
+    Option("steer", "--steer", "which worker gets a datagram: hash keeps each flow on one "
+           "worker; spread deals datagrams at random (for few busy sources); cpu prefers "
+           "the worker pinned to the receiving CPU", "hash", choices=steering.MODES,
+           check=_steer),
+    Option("user", "--user", "run the workers as USER (name or id); the master stays root",
+           metavar="USER"),
+    Option("group", "--group", "run the workers with GROUP (default: USER's group)",
+           metavar="GROUP", check=_with_user),
+    Option("pid_file", "--pid-file", "write the master's pid here once it serves",
+           metavar="FILE"),
+    Option("metrics", "--metrics", "serve Prometheus metrics at http://HOST:PORT/metrics "
+           '(needs pip install "udp-reader[metrics]")', metavar="HOST:PORT", check=_address),
+    Option("handoff_dir", "--handoff", "offer the sockets to another master over a Unix "
+           "socket in DIR (made mode 0700)", metavar="DIR"),
+    Option("takeover_dir", "--takeover", "read the sockets a running master offers in DIR "
+           "(--handoff), alongside it; then TERM that master", metavar="DIR"),
+)
 
 
-def add_parser(sub: "argparse._SubParsersAction") -> argparse.ArgumentParser:
-    serve = sub.add_parser(
-        "serve", help="run a handler in supervised worker processes",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Run MODULE:CALLABLE on every packet (or batch) in worker processes "
-                    "that share one port, with restarts that lose nothing.",
-        epilog=SIGNALS_HELP)
-    serve.add_argument("handler", metavar="MODULE:CALLABLE",
-                       help="called with each Packet (or each Batch with --batches)")
-    serve.add_argument("--bind", metavar="ADDRESS",
-                       help="address to serve; not needed under socket activation")
-    serve.add_argument("--workers", type=int, default=_DEFAULTS["workers"], metavar="N",
-                       help="worker processes (default %(default)s)")
-    serve.add_argument("--shared", action="store_true",
-                       help="all workers read one socket instead of one socket each")
-    serve.add_argument("--join", action="append", metavar="GROUP",
-                       help="join a multicast group, [SOURCE>]GROUP[@INTERFACE] (239.1.2.3@eth0, "
-                            "'10.0.0.5>232.1.1.1@eth0' quoted, ff15::1@*); repeat for more. "
-                            "Implies --shared: each datagram is handled once")
-    serve.add_argument("--batches", action="store_true",
-                       help="call the handler once per received batch")
-    ReaderOptions.add_arguments(serve)
-    for name, what in (("grace", "a draining socket is done once idle this long"),
-                       ("graceful_timeout", "longest a worker may take to leave"),
-                       ("start_timeout", "longest a new worker may take to be ready")):
-        serve.add_argument("--" + name.replace("_", "-"), type=float, default=_DEFAULTS[name],
-                           metavar="S", help=f"{what}, seconds (default %(default)s)")
-    serve.add_argument("--timeout", type=float, default=_DEFAULTS["timeout"], metavar="S",
-                       help="a worker whose handler has not returned for S seconds is "
-                            "killed (its stack logged) and replaced on the same socket; "
-                            "0: never (default %(default)s)")
-    serve.add_argument("--max-packets", type=int, metavar="N",
-                       help="replace a worker, without loss, after it handled about N packets")
-    serve.add_argument("--max-packets-jitter", type=int, default=0, metavar="J",
-                       help="add up to J to each worker's --max-packets, so they do not "
-                            "all restart at once (default 0)")
-    serve.add_argument("--steer", choices=steering.MODES, default=_DEFAULTS["steer"],
-                       help="which worker gets a datagram: hash keeps each flow on one "
-                            "worker; spread deals datagrams at random (for few busy "
-                            "sources); cpu prefers the worker pinned to the receiving CPU "
-                            "(default %(default)s)")
-    serve.add_argument("--user", metavar="USER",
-                       help="run the workers as USER (name or id); the master stays root")
-    serve.add_argument("--group", metavar="GROUP",
-                       help="run the workers with GROUP (default: USER's group)")
-    serve.add_argument("--pid-file", metavar="FILE",
-                       help="write the master's pid here once it serves")
-    serve.add_argument("--metrics", metavar="HOST:PORT",
-                       help="serve Prometheus metrics at http://HOST:PORT/metrics "
-                            '(needs pip install "udp-reader[metrics]")')
-    serve.add_argument("--handoff", metavar="DIR",
-                       help="offer the sockets to another master over a Unix socket in DIR "
-                            "(made mode 0700)")
-    serve.add_argument("--takeover", metavar="DIR",
-                       help="read the sockets a running master offers in DIR (--handoff), "
-                            "alongside it; then TERM that master")
-    return serve
+def _post_init(config: Any) -> None:
+    for o in OPTIONS:
+        if o.check is not None:
+            complaint = o.check(getattr(config, o.name), config)
+            if complaint:
+                raise ValueError(complaint)
 
+
+def _from_args(cls: type, args: Any, **fields: Any) -> Any:
+    """The Config of parsed flags (an argparse namespace: an attribute per
+    option's name); `fields` adds what has no flag of its own: reader, argv.
+    A wrong value is a ValueError naming its flag."""
+    given = {}
+    for o in OPTIONS:
+        value = getattr(args, o.name)
+        if o.many:
+            value = tuple(value or ())
+        if o.parse is not None:
+            try:
+                value = o.parse(value)
+            except ValueError as e:
+                raise ValueError(f"{o.flag} {e}") from None
+        given[o.name] = value
+    return cls(**given, **fields)
+
+
+def _annotation(o: Option) -> Any:
+    if o.many:
+        return Tuple[Any, ...]
+    return o.type if o.default is not None or o.flag is None else Optional[o.type]
+
+
+# A field per option (the positional one first: it has no default), then
+# what the command line does not set directly.
+Config = dataclasses.make_dataclass(
+    "Config",
+    [(o.name, _annotation(o)) if o.flag is None else
+     (o.name, _annotation(o), dataclasses.field(default=o.default)) for o in OPTIONS] + [
+        ("argv", Sequence[str], dataclasses.field(default=())),  # to run again at USR2
+        ("reader", ReaderOptions, dataclasses.field(default=ReaderOptions(gro=True))),
+    ],
+    namespace={"__post_init__": _post_init, "from_args": classmethod(_from_args),
+               "__doc__": "What serve is asked to do: a field per Option, checked.",
+               "__module__": __name__},
+    frozen=True)

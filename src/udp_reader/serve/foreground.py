@@ -18,12 +18,11 @@ import signal
 import subprocess
 from typing import Optional
 
-from udp_reader.serve.config import EXACT_TTIN, EXACT_TTOU
+from udp_reader.serve.signals import SIGNALS
 
 log = logging.getLogger("udp_reader")
 
-FORWARDED = {signal.SIGINT, signal.SIGTERM, signal.SIGQUIT, signal.SIGHUP, signal.SIGTTIN,
-             signal.SIGTTOU, signal.SIGUSR2, EXACT_TTIN, EXACT_TTOU}
+FORWARDED = {s.number for s in SIGNALS}  # every signal the master takes
 SI_KERNEL = 0x80  # si_code of a signal the kernel sent, a terminal's Ctrl-C among them
 
 

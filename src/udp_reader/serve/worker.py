@@ -31,7 +31,7 @@ from typing import Any, Callable, Optional, Set, Tuple
 
 from udp_reader import Reader, ReceiveError, answering, sockets
 from udp_reader.serve import bootstrap, logs, privileges, protocol
-from udp_reader.serve.config import EXACT_TTIN, EXACT_TTOU
+from udp_reader.serve.signals import EXACT_TTIN, EXACT_TTOU
 
 log = logging.getLogger("udp_reader")
 
