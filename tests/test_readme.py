@@ -31,8 +31,9 @@ def manual() -> str:
 
 def synopsis(command: str) -> set[str]:
     """The options in the first code block under '# udp-reader COMMAND'."""
-    section = manual().split(f" udp-reader {command}\n", 1)[1]
-    block = re.search(r"```\n(.*?)```", section, flags=re.S).group(1)
+    text = manual()
+    heading = next(h for h in COMMAND_HEADING.finditer(text) if h.group(1) == command)
+    block = re.search(r"```\n(.*?)```", text[heading.end():], flags=re.S).group(1)
     return set(re.findall(r"--[a-z][a-z-]*", block))
 
 
