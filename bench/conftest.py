@@ -3,19 +3,23 @@
 Throughput is measured fill-then-drain (see udp_reader.cli.bench): every
 round queues the same datagrams on one loopback socket first, then times
 only a contender emptying the queue. Each benchmark records its median in
-one table; at the end of the run the ratios are printed against the targets.
+one table; at the end of the run the ratios are printed against the targets
+and written to the results file (resultsfile.py).
 """
 
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import pathlib
+import shlex
 import subprocess
 import tempfile
-from typing import Dict, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import pytest
 
+import resultsfile
 from udp_reader.cli.bench import Queue
 
 HERE = pathlib.Path(__file__).parent
@@ -100,24 +104,75 @@ def record(group: str, contender: str, value: float) -> None:
     RESULTS[(group, contender)] = value
 
 
-def pytest_terminal_summary(terminalreporter):
-    if not RESULTS:
-        return
-    tr = terminalreporter
-    tr.section("udp-reader targets (ratios of medians)")
+@dataclasses.dataclass(frozen=True)
+class Ratio:
+    """One target checked: `contender` against `compared` in `group`."""
+
+    group: str
+    contender: str
+    compared: Optional[str]
+    how: str
+    value: float
+    target: float
+
+    @property
+    def sign(self) -> str:
+        return {"faster": ">=", "slower": "<="}.get(self.how, "<")
+
+    @property
+    def ok(self) -> bool:
+        if self.how == "faster":
+            return self.value >= self.target
+        if self.how == "slower":
+            return self.value <= self.target
+        return self.value < self.target
+
+    @property
+    def verdict(self) -> str:
+        return "ok" if self.ok else "MISSED"
+
+    @property
+    def shown(self) -> str:
+        return f"{self.value:,.0f}" if self.how == "under" else f"{self.value:.2f}"
+
+
+def ratios() -> List[Ratio]:
+    """Every target whose contenders this run measured, group by group."""
+    found = []
     for group in sorted({g for g, _ in RESULTS}):
         row = {c: v for (g, c), v in RESULTS.items() if g == group}
         for prefix, a, b, how, target in TARGETS:
             if not group.startswith(prefix) or a not in row or (b and b not in row):
                 continue
             if how == "faster":
-                value, ok, sign = row[b] / row[a], row[b] / row[a] >= target, ">="
-                text = f"{a} vs {b}: {value:5.2f}x"
+                value = row[b] / row[a]
             elif how == "slower":
-                value, ok, sign = row[a] / row[b], row[a] / row[b] <= target, "<="
-                text = f"{a} / {b}: {value:5.2f}x"
+                value = row[a] / row[b]
             else:
-                value, ok, sign = row[a], row[a] < target, "<"
-                text = f"{a}: {value:,.0f}"
-            tr.write_line(f"{group:16} {text:34} (target {sign} {target:,}) "
-                          f"{'ok' if ok else 'MISSED'}")
+                value = row[a]
+            found.append(Ratio(group, a, b, how, value, target))
+    return found
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    if not RESULTS:
+        return
+    found = ratios()
+    tr = terminalreporter
+    tr.section("udp-reader targets (ratios of medians)")
+    for r in found:
+        if r.how == "faster":
+            text = f"{r.contender} vs {r.compared}: {r.value:5.2f}x"
+        elif r.how == "slower":
+            text = f"{r.contender} / {r.compared}: {r.value:5.2f}x"
+        else:
+            text = f"{r.contender}: {r.value:,.0f}"
+        tr.write_line(f"{r.group:16} {text:34} (target {r.sign} {r.target:,}) {r.verdict}")
+    if not found:
+        return
+    run = resultsfile.Run(resultsfile.now(), resultsfile.machine(),
+                          "python -m pytest " + shlex.join(config.invocation_params.args))
+    resultsfile.merge([resultsfile.Row(" ".join(r.group.split()), r.contender, r.compared or "",
+                                       r.shown, f"{r.sign} {r.target:,}", r.verdict, run.measured)
+                       for r in found], run)
+    tr.write_line(f"written to {resultsfile.PATH.relative_to(HERE.parent)}")
