@@ -23,7 +23,7 @@ as bytes (versioned JSON, bounded) and `restore_state()` takes them back,
 so a worker that takes over decodes from its first datagram. Malformed
 input (a short header or set, a length past the datagram, a template of no
 field or too many) is counted by reason and skipped. At most MAX_TEMPLATES
-templates and MAX_CLOCKS boot times are kept, the least recently used
+templates and MAX_BOOTS boot times are kept, the least recently used
 forgotten first, so forged datagrams cost bounded memory.
 
     python examples/netflow_v9.py :2055                         # to stdout
@@ -100,14 +100,14 @@ ENTERPRISE = 0x8000  # IPFIX: an enterprise number follows the field
 
 MAX_FIELDS = 128  # in one template; real ones have a few dozen
 MAX_TEMPLATES = 2_000  # (exporter, domain, template id) remembered
-MAX_CLOCKS = 2_000  # (exporter, domain) whose boot time is remembered
+MAX_BOOTS = 2_000  # (exporter, domain) whose boot time is remembered
 MAX_UNKNOWN = 1_000  # keys counted apart for data sets without a template
 MAX_STATE_BYTES = 8 << 20  # the most MAX_TEMPLATES of MAX_FIELDS fields take, with room
 STATE_FORMAT, STATE_VERSION = "udp-reader netflow_v9 templates", 1
 FUTURE_MS = 100_000  # an exporter clock slip, not a 49-day-old flow (as in netflow_v5)
 
 Key = Tuple[str, int, int]  # exporter address, observation domain, template id
-Field = Tuple[int, int, int]  # type, enterprise number (0: IETF), length
+Field = Tuple[int, int, int]  # information element, enterprise number (0: IETF), length
 
 
 @dataclass(frozen=True)
@@ -122,11 +122,11 @@ class Template:
     def names(self) -> List[str]:
         """The JSON name of each field, unique within the record."""
         names: List[str] = []
-        for i, (kind, enterprise, _) in enumerate(self.fields):
+        for i, (ie, enterprise, _) in enumerate(self.fields):
             if enterprise:
-                name = f"ie{enterprise}.{kind}"
+                name = f"ie{enterprise}.{ie}"
             else:
-                name = (TIMES.get(kind) or FIELDS.get(kind) or (f"ie{kind}",))[0]
+                name = (TIMES.get(ie) or FIELDS.get(ie) or (f"ie{ie}",))[0]
             names.append(name if name not in names else f"{name}_{i}")
         return names
 
@@ -135,8 +135,8 @@ class Template:
         """What each field holds: a time's clock (TIMES), or INT, ADDRESS,
         TEXT or BYTES; a field without a name is a number if it fits one."""
         kinds = []
-        for kind, enterprise, length in self.fields:
-            known = not enterprise and (TIMES.get(kind) or FIELDS.get(kind))
+        for ie, enterprise, length in self.fields:
+            known = not enterprise and (TIMES.get(ie) or FIELDS.get(ie))
             kinds.append(known[1] if known else INT if length in (1, 2, 4, 8) else BYTES)
         return kinds
 
@@ -147,7 +147,7 @@ class Template:
         lengths = [length for _, _, length in self.fields]
         if VARIABLE in lengths:
             return None
-        formats = [f">u{length}" if length in (1, 2, 4, 8) and kind not in (ADDRESS, TEXT, BYTES)
+        formats = [f">u{length}" if length in (1, 2, 4, 8) and kind in (INT, *CLOCKS)
                    else f"V{length}" for kind, length in zip(self.kinds, lengths)]
         offsets = np.cumsum([0] + lengths).tolist()
         return np.dtype({"names": [f"f{i}" for i in range(len(lengths))], "formats": formats,
@@ -166,7 +166,7 @@ class Templates:
 
     def __init__(self) -> None:
         self.templates: "OrderedDict[Key, Template]" = OrderedDict()
-        self.clocks: "OrderedDict[Tuple[str, int], int]" = OrderedDict()
+        self.boots: "OrderedDict[Tuple[str, int], int]" = OrderedDict()  # ms since the epoch
         self.forgotten = 0
 
     def get(self, key: Key) -> Optional[Template]:
@@ -194,18 +194,18 @@ class Templates:
         else:
             self.templates.pop((exporter, domain, template_id), None)
 
-    def clock(self, exporter: str, domain: int) -> Optional[int]:
-        return self.clocks.get((exporter, domain))
+    def boot(self, exporter: str, domain: int) -> Optional[int]:
+        return self.boots.get((exporter, domain))
 
-    def set_clock(self, exporter: str, domain: int, boot_ms: int) -> None:
-        self.clocks[(exporter, domain)] = boot_ms
-        self.clocks.move_to_end((exporter, domain))
-        if len(self.clocks) > MAX_CLOCKS:
-            self.clocks.popitem(last=False)
+    def set_boot(self, exporter: str, domain: int, boot_ms: int) -> None:
+        self.boots[(exporter, domain)] = boot_ms
+        self.boots.move_to_end((exporter, domain))
+        if len(self.boots) > MAX_BOOTS:
+            self.boots.popitem(last=False)
 
     def take(self, other: "Templates") -> None:
         """Become `other`: what a predecessor handed over."""
-        self.templates, self.clocks = other.templates, other.clocks
+        self.templates, self.boots = other.templates, other.boots
 
     def dump(self) -> bytes:
         """The state as versioned JSON, least recently used first."""
@@ -214,7 +214,7 @@ class Templates:
             "templates": [[exporter, domain, template_id, t.options, t.scope,
                            [list(field) for field in t.fields]]
                           for (exporter, domain, template_id), t in self.templates.items()],
-            "clocks": [[exporter, domain, ms] for (exporter, domain), ms in self.clocks.items()],
+            "boots": [[exporter, domain, ms] for (exporter, domain), ms in self.boots.items()],
         }, separators=(",", ":")).encode()
 
     @classmethod
@@ -231,11 +231,11 @@ class Templates:
                 f"not a {STATE_FORMAT!r} document")
         _expect(state.get("version") == STATE_VERSION,
                 f"version {state.get('version')!r}, this collector reads {STATE_VERSION}")
-        entries, clocks = state.get("templates"), state.get("clocks")
+        entries, boots = state.get("templates"), state.get("boots")
         _expect(isinstance(entries, list) and len(entries) <= MAX_TEMPLATES,
                 f"templates must be a list of at most {MAX_TEMPLATES}")
-        _expect(isinstance(clocks, list) and len(clocks) <= MAX_CLOCKS,
-                f"clocks must be a list of at most {MAX_CLOCKS}")
+        _expect(isinstance(boots, list) and len(boots) <= MAX_BOOTS,
+                f"boots must be a list of at most {MAX_BOOTS}")
         loaded = cls()
         for entry in entries:
             _expect(isinstance(entry, list) and len(entry) == 6, f"bad template {entry!r:.80}")
@@ -250,11 +250,11 @@ class Templates:
                     f"bad template {entry!r:.80}")
             template = Template(tuple(tuple(f) for f in fields), options, scope)
             loaded.add((exporter, domain, template_id), template)
-        for entry in clocks:
+        for entry in boots:
             _expect(isinstance(entry, list) and len(entry) == 3 and _is_address(entry[0])
                     and _is_int(entry[1], 0, 0xFFFFFFFF) and _is_int(entry[2], 0, 1 << 63),
-                    f"bad clock {entry!r:.80}")
-            loaded.set_clock(*entry)
+                    f"bad boot time {entry!r:.80}")
+            loaded.set_boot(*entry)
         return loaded
 
 
@@ -306,9 +306,7 @@ class Collector:
     def add(self, batch) -> None:
         for packet in batch:
             self.datagram(packet.src[0], memoryview(packet))
-        for template, sets in self.pending.items():
-            self.lines += self.decode(template, sets)
-        self.pending.clear()
+        self.decode_pending()
         now = time.monotonic()
         if self.unreported and now - self.reported >= 1.0:
             self.report()
@@ -352,6 +350,11 @@ class Collector:
                 self.malformed["reserved set id"] += 1
             start += length
 
+    def decode_pending(self) -> None:
+        for template, sets in self.pending.items():
+            self.lines += self.decode(template, sets)
+        self.pending.clear()
+
     def template_set(self, export: Export, version: int, body: memoryview, options: bool) -> None:
         """Templates one after the other; what is left shorter than one is padding."""
         exporter, domain = export.exporter, export.domain
@@ -381,19 +384,19 @@ class Collector:
                 if len(body) - at < 4:
                     self.malformed["short template"] += 1
                     return
-                kind, length = PAIR.unpack_from(body, at)
+                ie, length = PAIR.unpack_from(body, at)
                 at += 4
                 enterprise = 0
-                if version == 10 and kind & ENTERPRISE:
+                if version == 10 and ie & ENTERPRISE:
                     if len(body) - at < 4:
                         self.malformed["short template"] += 1
                         return
-                    kind, enterprise = kind & ~ENTERPRISE, int.from_bytes(body[at:at + 4], "big")
+                    ie, enterprise = ie & ~ENTERPRISE, int.from_bytes(body[at:at + 4], "big")
                     at += 4
                 if length == 0 or (length == VARIABLE and version == 9):
                     self.malformed["field of no length"] += 1
                     return
-                fields.append((kind, enterprise, length))
+                fields.append((ie, enterprise, length))
             template = Template(tuple(fields), options, scope)
             self.templates.add((exporter, domain, template_id), template)
 
@@ -409,16 +412,16 @@ class Collector:
         elif template.options:
             self.options(export, template, body)
         else:
-            boot_ms = self.templates.clock(export.exporter, export.domain)
+            boot_ms = self.templates.boot(export.exporter, export.domain)
             export = export._replace(boot_ms=-1 if boot_ms is None else boot_ms)
             self.pending.setdefault(template, []).append((body, export))
 
     def options(self, export: Export, template: Template, body: memoryview) -> None:
         """Options records about the exporter: keep its boot time."""
-        for i, (kind, enterprise, _) in enumerate(template.fields):
-            if (kind, enterprise) == (SYSTEM_INIT, 0):
+        for i, (ie, enterprise, _) in enumerate(template.fields):
+            if (ie, enterprise) == (SYSTEM_INIT, 0):
                 for boot_ms in _ints(_column(self.records(template, body), i)).tolist():
-                    self.templates.set_clock(export.exporter, export.domain, boot_ms)
+                    self.templates.set_boot(export.exporter, export.domain, boot_ms)
 
     def records(self, template: Template, body: memoryview):
         """The records of one data set: a structured array for a fixed-length
@@ -430,10 +433,8 @@ class Collector:
         while len(body) - at >= template.smallest:  # less is padding
             values = []
             for _, _, length in template.fields:
-                if length == VARIABLE:  # one length byte, or 255 and two more
-                    length, at = body[at], at + 1
-                    if length == 255 and len(body) - at >= 2:
-                        length, at = body[at] << 8 | body[at + 1], at + 2
+                if length == VARIABLE:
+                    length, at = _variable_length(body, at)
                 if at + length > len(body):
                     self.malformed["record past its set"] += 1
                     return out
@@ -488,6 +489,16 @@ class Collector:
                     f", and {more} more" if more > 0 else "",
                     f"; {self.unknown_elsewhere} more from other sources"
                     if self.unknown_elsewhere else "")
+
+
+def _variable_length(body: memoryview, at: int) -> Tuple[int, int]:
+    """IPFIX's length before a variable-length value, one byte or 255 and
+    two more, and where the value starts; a length past the set if cut."""
+    if at < len(body) and body[at] < 255:
+        return body[at], at + 1
+    if at + 3 <= len(body):
+        return body[at + 1] << 8 | body[at + 2], at + 3
+    return len(body), at + 1
 
 
 def _column(records, i: int):

@@ -26,6 +26,8 @@ from collections import Counter
 from typing import List
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from conftest import DEADLINE, wait_until_bound
 from test_serve import Server
@@ -33,7 +35,7 @@ from test_serve import Server
 EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
 sys.path.insert(0, EXAMPLES)
 import netflow_v9  # noqa: E402
-from netflow_v9 import (MAX_CLOCKS, MAX_FIELDS, MAX_STATE_BYTES, MAX_TEMPLATES,  # noqa: E402
+from netflow_v9 import (MAX_BOOTS, MAX_FIELDS, MAX_STATE_BYTES, MAX_TEMPLATES,  # noqa: E402
                         VARIABLE, Collector, Template, Templates)
 
 UDP, TCP, ICMP, ICMP6 = 17, 6, 1, 58
@@ -354,10 +356,10 @@ def test_state_round_trip_and_refusal_of_corrupt_or_oversized_state(monkeypatch)
     state = Templates()
     state.add(("127.0.0.1", 0, 256), Template(((8, 0, 4), (96, 0, VARIABLE), (1, 29305, 4))))
     state.add(("2001:db8::1", 7, 257), Template(((149, 0, 4), (160, 0, 8)), True, 1))
-    state.set_clock("2001:db8::1", 7, START * 1000)
+    state.set_boot("2001:db8::1", 7, START * 1000)
     data = state.dump()
     back = Templates.load(data)
-    assert back.templates == state.templates and back.clocks == state.clocks
+    assert back.templates == state.templates and back.boots == state.boots
     assert back.dump() == data
 
     def document(**change) -> bytes:
@@ -378,7 +380,7 @@ def test_state_round_trip_and_refusal_of_corrupt_or_oversized_state(monkeypatch)
         (document(templates=[[*good[:5], [[8, 0, 0]]]]), "bad template"),  # no length
         (document(templates=[["nowhere", *good[1:]]]), "bad template"),
         (document(templates=[[good[0], 0, 7, *good[3:]]]), "bad template"),  # id under 256
-        (document(clocks=[["127.0.0.1", 0, -1]]), "bad clock"),
+        (document(boots=[["127.0.0.1", 0, -1]]), "bad boot time"),
     ]
     for blob, why in refused:
         with pytest.raises(ValueError, match="netflow_v9 state refused: .*" + re.escape(why)):
@@ -394,8 +396,8 @@ def test_state_round_trip_and_refusal_of_corrupt_or_oversized_state(monkeypatch)
     full = Templates()
     for i in range(MAX_TEMPLATES):
         full.add((exporter, 0xFFFFFFFF, 0xFFFF - i), Template((widest,) * MAX_FIELDS))
-    for i in range(MAX_CLOCKS):
-        full.set_clock(exporter, i, 1 << 62)
+    for i in range(MAX_BOOTS):
+        full.set_boot(exporter, i, 1 << 62)
     assert len(full.dump()) <= MAX_STATE_BYTES
     assert len(Templates.load(full.dump()).templates) == MAX_TEMPLATES
 
@@ -554,3 +556,68 @@ def test_malformed_datagrams_are_counted_and_skipped_and_memory_stays_bounded(
     # Data sets for 100 unknown templates: 20 counted apart, the rest together.
     decode(collector, [ipfix(domain, ipfix_set(300, bytes(8))) for domain in range(100)])
     assert len(collector.unknown) == 20 and collector.unknown_elsewhere == 80
+
+
+def v9(*sets: bytes) -> bytes:
+    return struct.pack("!HHIIII", 9, len(sets), 60_000, START + 60, 0, 0) + b"".join(sets)
+
+
+# Datagrams with sets of every kind, for the cuts and byte flips below.
+SAMPLES = {
+    "ipfix": (lambda *sets: ipfix(1, *sets), [
+        ipfix_set(2, template(300, (8, 4), (1, 4, 29305), (22, 4), (96, VARIABLE),
+                              (12235, VARIABLE, 9))),
+        ipfix_set(3, options_template(301, 1, (149, 4), (160, 8))),
+        ipfix_set(301, struct.pack("!IQ", 1, START * 1000)),
+        ipfix_set(300, ip("10.9.0.1") + struct.pack("!II", 7, 5) + varlen(b"dns")
+                  + varlen(b"x" * 300), padding=1),
+        ipfix_set(2, withdrawal(300), withdrawal(2))]),
+    "v9": (v9, [
+        ipfix_set(0, template(256, (8, 4), (12, 4), (2, 4), (21, 4), (22, 4))),
+        ipfix_set(1, struct.pack("!HHH", 257, 4, 4) + fields((1, 4), (34, 4))),
+        ipfix_set(257, struct.pack("!II", 0, 10)),
+        ipfix_set(256, ip("10.9.0.1") + ip("10.9.0.2") + struct.pack("!III", 3, 2000, 1000),
+                  padding=2)]),
+}
+
+
+def cut_set(whole: bytes, keep: int) -> bytes:
+    """A set of only the first `keep` bytes of its body, its length saying so."""
+    body = whole[4:4 + keep]
+    return whole[:2] + struct.pack("!H", 4 + len(body)) + body
+
+
+@settings(max_examples=1000, deadline=None)
+@given(name=st.sampled_from(sorted(SAMPLES)), which=st.integers(0, 4), keep=st.integers(0, 24),
+       flips=st.lists(st.tuples(st.integers(0, 2000), st.integers(0, 255)), max_size=3),
+       cut=st.one_of(st.none(), st.integers(0, 600)))
+def test_no_datagram_makes_the_collector_raise_or_write_anything_but_json(name, which, keep,
+                                                                          flips, cut):
+    """One set cut short where its structure is (its first 24 bytes, the
+    lengths of its values), bytes flipped, the datagram cut."""
+    make, sets = SAMPLES[name]
+    data = bytearray(make(*(cut_set(s, keep) if i == which % len(sets) else s
+                            for i, s in enumerate(sets))))
+    for at, byte in flips:
+        data[at % len(data)] = byte
+    collector = Collector(os.devnull, Templates())
+    collector.datagram("127.0.0.1", memoryview(bytes(data[:cut])))
+    collector.decode_pending()
+    for line in collector.lines:
+        assert json.loads(line)["exporter"] == "127.0.0.1"
+
+
+def test_the_samples_decode_whole():
+    """The datagrams cut and flipped above, as they are."""
+    collector = Collector(os.devnull, Templates())
+    for make, sets in SAMPLES.values():
+        collector.datagram("127.0.0.1", memoryview(make(*sets)))
+    collector.decode_pending()
+    flows = [json.loads(line) for line in collector.lines]
+    assert [(f["src"], f.get("dst"), f["first"]) for f in flows] == [
+        ("10.9.0.1", None, START * 1000 + 5), ("10.9.0.1", "10.9.0.2", START * 1000 + 1000)]
+    assert flows[0]["ie9.12235"] == "78" * 300 and flows[1]["last"] == START * 1000 + 2000
+    assert not collector.malformed and not collector.unknown
+    # IPFIX's template 300 withdrawn, then all its data templates (not options)
+    assert set(collector.templates.templates) == {
+        ("127.0.0.1", 1, 301), ("127.0.0.1", 0, 256), ("127.0.0.1", 0, 257)}
