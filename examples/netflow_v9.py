@@ -104,6 +104,7 @@ MAX_BOOTS = 2_000  # (exporter, domain) whose boot time is remembered
 MAX_UNKNOWN = 1_000  # keys counted apart for data sets without a template
 MAX_STATE_BYTES = 8 << 20  # the most MAX_TEMPLATES of MAX_FIELDS fields take, with room
 STATE_FORMAT, STATE_VERSION = "udp-reader netflow_v9 templates", 1
+MAX_MS = (1 << 63) - 1  # a boot time kept: what an int64 holds
 FUTURE_MS = 100_000  # an exporter clock slip, not a 49-day-old flow (as in netflow_v5)
 
 Key = Tuple[str, int, int]  # exporter address, observation domain, template id
@@ -208,7 +209,10 @@ class Templates:
         self.templates, self.boots = other.templates, other.boots
 
     def dump(self) -> bytes:
-        """The state as versioned JSON, least recently used first."""
+        """The state as versioned JSON, each list least recently used first:
+        {"format": STATE_FORMAT, "version": 1, "templates": [[exporter,
+        domain, template id, options, scope, [[ie, enterprise, length],
+        ...]], ...], "boots": [[exporter, domain, ms since the epoch], ...]}."""
         return json.dumps({
             "format": STATE_FORMAT, "version": STATE_VERSION,
             "templates": [[exporter, domain, template_id, t.options, t.scope,
@@ -252,7 +256,7 @@ class Templates:
             loaded.add((exporter, domain, template_id), template)
         for entry in boots:
             _expect(isinstance(entry, list) and len(entry) == 3 and _is_address(entry[0])
-                    and _is_int(entry[1], 0, 0xFFFFFFFF) and _is_int(entry[2], 0, 1 << 63),
+                    and _is_int(entry[1], 0, 0xFFFFFFFF) and _is_int(entry[2], 0, MAX_MS),
                     f"bad boot time {entry!r:.80}")
             loaded.set_boot(*entry)
         return loaded
@@ -287,6 +291,9 @@ class Export(NamedTuple):
 
 
 class Collector:
+    """Export datagrams in, one JSON line per flow out, to `out` or stdout;
+    what it learns goes into `templates`."""
+
     def __init__(self, out: Optional[str], templates: Templates, interval: float = 1.0) -> None:
         self.fd = (os.open(out, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
                    if out else sys.stdout.fileno())
@@ -350,11 +357,6 @@ class Collector:
                 self.malformed["reserved set id"] += 1
             start += length
 
-    def decode_pending(self) -> None:
-        for template, sets in self.pending.items():
-            self.lines += self.decode(template, sets)
-        self.pending.clear()
-
     def template_set(self, export: Export, version: int, body: memoryview, options: bool) -> None:
         """Templates one after the other; what is left shorter than one is padding."""
         exporter, domain = export.exporter, export.domain
@@ -376,8 +378,8 @@ class Collector:
                 scope = PAIR.unpack_from(body, at + 2)[1]
             at += head
             if not 0 < count <= MAX_FIELDS or template_id < FIRST_DATA_SET or scope > count:
-                self.malformed["template of no field or too many" if template_id >= 256
-                               else "template id under 256"] += 1
+                self.malformed["template id under 256" if template_id < FIRST_DATA_SET
+                               else "template of no field or too many"] += 1
                 return  # where the next template starts is unknowable
             fields = []
             for _ in range(count):
@@ -421,6 +423,9 @@ class Collector:
         for i, (ie, enterprise, _) in enumerate(template.fields):
             if (ie, enterprise) == (SYSTEM_INIT, 0):
                 for boot_ms in _ints(_column(self.records(template, body), i)).tolist():
+                    if boot_ms > MAX_MS:
+                        self.malformed["boot time out of range"] += 1
+                        continue
                     self.templates.set_boot(export.exporter, export.domain, boot_ms)
 
     def records(self, template: Template, body: memoryview):
@@ -442,6 +447,12 @@ class Collector:
                 at += length
             out.append(tuple(values))
         return out
+
+    def decode_pending(self) -> None:
+        """Decode the data sets kept, one template at a time."""
+        for template, sets in self.pending.items():
+            self.lines += self.decode(template, sets)
+        self.pending.clear()
 
     def decode(self, template: Template, sets: List[Tuple[memoryview, Export]]) -> List[str]:
         """One JSON line per record of the data sets of one template: each

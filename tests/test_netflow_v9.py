@@ -605,6 +605,8 @@ def test_no_datagram_makes_the_collector_raise_or_write_anything_but_json(name, 
     collector.decode_pending()
     for line in collector.lines:
         assert json.loads(line)["exporter"] == "127.0.0.1"
+    # Whatever was learned can be handed on.
+    assert Templates.load(collector.templates.dump()).templates == collector.templates.templates
 
 
 def test_the_samples_decode_whole():
