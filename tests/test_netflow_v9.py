@@ -280,11 +280,12 @@ def test_softflowd_export_decoded_as_nfdump_reads_it(version, record_dir, monkey
 
 def template_sets(datagram: bytes) -> int:
     """How many template sets a softflowd datagram carries."""
-    version, at = struct.unpack_from("!H", datagram)[0], 20 if datagram[1] == 9 else 16
+    version = struct.unpack_from("!H", datagram)[0]
+    at, template_ids = (20, (0, 1)) if version == 9 else (16, (2, 3))  # after the header
     count = 0
     while at + 4 <= len(datagram):
         set_id, length = struct.unpack_from("!HH", datagram, at)
-        count += set_id in ((0, 1) if version == 9 else (2, 3))
+        count += set_id in template_ids
         at += length
     return count
 
