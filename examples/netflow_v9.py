@@ -34,7 +34,8 @@ Each flow: exporter, domain, and the fields its template carries, named as
 the NetFlow v5 example names them where they mean the same (FIELDS: src,
 dst, sport, dport, proto, packets, bytes, tcp_flags, tos, input, output,
 nexthop, src_as, dst_as, ...); first and last are Unix milliseconds
-whichever way the exporter timed them (TIMES). A field without a name
+whichever way the exporter timed them (TIMES), null when timed since an
+IPFIX exporter's boot whose time has not come yet. A field without a name
 here comes out as "ie<type>" or "ie<enterprise>.<type>": a number when it
 is 1, 2, 4 or 8 bytes long, hex otherwise. Lines go out once a second and
 when the worker leaves.
