@@ -52,6 +52,7 @@ TARGETS = [
     ("echo", "c_echo", "uvloop", "faster", 2),  # what the kernel allows
     # CPU to capture a port to pcap; tcpdump reads an mmap ring in C.
     ("watch", "watch", "tcpdump", "slower", 20),
+    ("netflow", "collector", "nfcapd", "faster", 0.5),  # flows decoded per CPU second
 ]
 
 

@@ -1,0 +1,639 @@
+"""A NetFlow v9 (RFC 3954) and IPFIX (RFC 7011) collector: templates
+learned per exporter, data sets decoded with numpy structured dtypes built
+per template, flows written as JSON lines.
+
+An export datagram is a header and a list of sets. A template set says how
+the records of later data sets are laid out: a list of (field type,
+length), known by the exporter's address, its observation domain (v9: its
+source id) and the template id. The data sets of a batch that share a
+fixed-length template are read with one np.frombuffer over their bytes;
+a template with IPFIX variable-length fields is read record by record.
+Options templates describe records about the exporter itself; of those the
+collector keeps the exporter's boot time (IPFIX systemInitTimeMilliseconds),
+which dates flows timed in milliseconds since boot. IPFIX withdraws a
+template with a record of no fields; any template may be sent again with
+the same or a new layout (refresh).
+
+Exporters send templates only now and then (softflowd every 16 datagrams,
+routers every few minutes), so a data set may arrive before its template:
+it is counted by (exporter, domain, template id) and reported in the log,
+once a second at most and at exit, never dropped silently. The templates
+and boot times are the collector's whole state: `save_state()` gives them
+as bytes (versioned JSON, bounded) and `restore_state()` takes them back,
+so a worker that takes over decodes from its first datagram. Malformed
+input (a short header or set, a length past the datagram, a template of no
+field or too many) is counted by reason and skipped. At most MAX_TEMPLATES
+templates and MAX_BOOTS boot times are kept, the least recently used
+forgotten first, so forged datagrams cost bounded memory.
+
+    python examples/netflow_v9.py :2055                         # to stdout
+    NETFLOW_OUT=flows.jsonl PYTHONPATH=examples \\
+        udp-reader serve netflow_v9:on_batch --bind :2055 --batches
+
+Each flow: exporter, domain, and the fields its template carries, named as
+the NetFlow v5 example names them where they mean the same (FIELDS: src,
+dst, sport, dport, proto, packets, bytes, tcp_flags, tos, input, output,
+nexthop, src_as, dst_as, ...); first and last are Unix milliseconds
+whichever way the exporter timed them (TIMES), null when timed since an
+IPFIX exporter's boot whose time has not come yet. A field without a name
+here comes out as "ie<type>" or "ie<enterprise>.<type>": a number when it
+is 1, 2, 4 or 8 bytes long, hex otherwise. Lines go out once a second and
+when the worker leaves.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import struct
+import sys
+import time
+from collections import Counter, OrderedDict
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Dict, List, NamedTuple, Optional, Tuple
+
+import numpy as np
+
+log = logging.getLogger("netflow_v9")
+
+# The kinds of value a field holds.
+INT, ADDRESS, TEXT, BYTES = "int", "address", "text", "bytes"
+
+# IPFIX information elements (IANA; NetFlow v9 numbers them the same) this
+# collector names. ICMP type and code go in dport, as in NetFlow v5.
+FIELDS: Dict[int, Tuple[str, str]] = {
+    1: ("bytes", INT), 2: ("packets", INT), 4: ("proto", INT), 5: ("tos", INT),
+    6: ("tcp_flags", INT), 7: ("sport", INT), 8: ("src", ADDRESS), 9: ("src_mask", INT),
+    10: ("input", INT), 11: ("dport", INT), 12: ("dst", ADDRESS), 13: ("dst_mask", INT),
+    14: ("output", INT), 15: ("nexthop", ADDRESS), 16: ("src_as", INT), 17: ("dst_as", INT),
+    18: ("bgp_nexthop", ADDRESS), 27: ("src", ADDRESS), 28: ("dst", ADDRESS),
+    29: ("src_mask", INT), 30: ("dst_mask", INT), 32: ("dport", INT), 58: ("vlan", INT),
+    60: ("ip_version", INT), 61: ("direction", INT), 62: ("nexthop", ADDRESS),
+    82: ("interface_name", TEXT), 96: ("application", TEXT), 136: ("end_reason", INT),
+    139: ("dport", INT),
+}
+
+# Time fields, and how each counts: ms since the exporter's boot, seconds or
+# ms since the epoch, NTP timestamps, or microseconds before the export.
+UPTIME, SECONDS, MILLISECONDS, NTP, BEFORE_EXPORT = "uptime", "s", "ms", "ntp", "before"
+CLOCKS = (UPTIME, SECONDS, MILLISECONDS, NTP, BEFORE_EXPORT)
+TIMES: Dict[int, Tuple[str, str]] = {
+    22: ("first", UPTIME), 21: ("last", UPTIME), 150: ("first", SECONDS),
+    151: ("last", SECONDS), 152: ("first", MILLISECONDS), 153: ("last", MILLISECONDS),
+    154: ("first", NTP), 155: ("last", NTP), 156: ("first", NTP), 157: ("last", NTP),
+    158: ("first", BEFORE_EXPORT), 159: ("last", BEFORE_EXPORT),
+}
+SYSTEM_INIT = 160  # systemInitTimeMilliseconds, in options records: the exporter's boot
+NTP_EPOCH = 2_208_988_800  # seconds from 1900 to 1970
+
+V9_HEADER = struct.Struct("!HHIIII")  # version, count, uptime ms, unix secs, sequence, source id
+IPFIX_HEADER = struct.Struct("!HHIII")  # version, length, export secs, sequence, domain
+SET = struct.Struct("!HH")  # set id, length
+PAIR = struct.Struct("!HH")  # template id and field count; field type and length
+TEMPLATE_SET = {9: 0, 10: 2}
+OPTIONS_SET = {9: 1, 10: 3}
+FIRST_DATA_SET = 256
+VARIABLE = 65535  # IPFIX: the length comes before each value
+ENTERPRISE = 0x8000  # IPFIX: an enterprise number follows the field
+
+MAX_FIELDS = 128  # in one template; real ones have a few dozen
+MAX_TEMPLATES = 2_000  # (exporter, domain, template id) remembered
+MAX_BOOTS = 2_000  # (exporter, domain) whose boot time is remembered
+MAX_UNKNOWN = 1_000  # keys counted apart for data sets without a template
+MAX_STATE_BYTES = 8 << 20  # the most MAX_TEMPLATES of MAX_FIELDS fields take, with room
+STATE_FORMAT, STATE_VERSION = "udp-reader netflow_v9 templates", 1
+MAX_MS = (1 << 63) - 1  # a boot time kept: what an int64 holds
+FUTURE_MS = 100_000  # an exporter clock slip, not a 49-day-old flow (as in netflow_v5)
+
+Key = Tuple[str, int, int]  # exporter address, observation domain, template id
+Field = Tuple[int, int, int]  # information element, enterprise number (0: IETF), length
+
+
+@dataclass(frozen=True)
+class Template:
+    """The layout of a record: its fields in order; an options template's
+    first `scope` fields say what its records are about."""
+    fields: Tuple[Field, ...]
+    options: bool = False
+    scope: int = 0
+
+    @cached_property
+    def names(self) -> List[str]:
+        """The JSON name of each field, unique within the record."""
+        names: List[str] = []
+        for i, (ie, enterprise, _) in enumerate(self.fields):
+            if enterprise:
+                name = f"ie{enterprise}.{ie}"
+            else:
+                name = (TIMES.get(ie) or FIELDS.get(ie) or (f"ie{ie}",))[0]
+            names.append(name if name not in names else f"{name}_{i}")
+        return names
+
+    @cached_property
+    def kinds(self) -> List[str]:
+        """What each field holds: a time's clock (TIMES), or INT, ADDRESS,
+        TEXT or BYTES; a field without a name is a number if it fits one."""
+        kinds = []
+        for ie, enterprise, length in self.fields:
+            known = not enterprise and (TIMES.get(ie) or FIELDS.get(ie))
+            kinds.append(known[1] if known else INT if length in (1, 2, 4, 8) else BYTES)
+        return kinds
+
+    @cached_property
+    def dtype(self) -> Optional[np.dtype]:
+        """One record as a numpy structured dtype, numbers as big-endian
+        integers and the rest as raw bytes; None with variable-length fields."""
+        lengths = [length for _, _, length in self.fields]
+        if VARIABLE in lengths:
+            return None
+        formats = [f">u{length}" if length in (1, 2, 4, 8) and kind in (INT, *CLOCKS)
+                   else f"V{length}" for kind, length in zip(self.kinds, lengths)]
+        offsets = np.cumsum([0] + lengths).tolist()
+        return np.dtype({"names": [f"f{i}" for i in range(len(lengths))], "formats": formats,
+                         "offsets": offsets[:-1], "itemsize": offsets[-1]})
+
+    @cached_property
+    def smallest(self) -> int:
+        """The fewest bytes a record takes: 1 for each variable-length value."""
+        return sum(1 if length == VARIABLE else length for _, _, length in self.fields)
+
+
+class Templates:
+    """Everything a collector learns from exporters and needs to decode: the
+    templates by (exporter, domain, template id), and the boot time of IPFIX
+    exporters by (exporter, domain), each least recently used first."""
+
+    def __init__(self) -> None:
+        self.templates: "OrderedDict[Key, Template]" = OrderedDict()
+        self.boots: "OrderedDict[Tuple[str, int], int]" = OrderedDict()  # ms since the epoch
+        self.forgotten = 0
+
+    def get(self, key: Key) -> Optional[Template]:
+        template = self.templates.get(key)
+        if template is not None:
+            self.templates.move_to_end(key)
+        return template
+
+    def add(self, key: Key, template: Template) -> None:
+        if self.templates.get(key) != template:  # a refresh keeps the decoded dtype
+            self.templates[key] = template
+        self.templates.move_to_end(key)
+        if len(self.templates) > MAX_TEMPLATES:
+            self.templates.popitem(last=False)
+            self.forgotten += 1
+
+    def withdraw(self, exporter: str, domain: int, template_id: int, options: bool) -> None:
+        """IPFIX: template id 2 (3 in an options set) withdraws all of the
+        domain's templates (options templates)."""
+        every = OPTIONS_SET[10] if options else TEMPLATE_SET[10]
+        if template_id == every:
+            for key in [k for k, t in self.templates.items()
+                        if k[:2] == (exporter, domain) and t.options == options]:
+                del self.templates[key]
+        else:
+            self.templates.pop((exporter, domain, template_id), None)
+
+    def boot(self, exporter: str, domain: int) -> Optional[int]:
+        return self.boots.get((exporter, domain))
+
+    def set_boot(self, exporter: str, domain: int, boot_ms: int) -> None:
+        self.boots[(exporter, domain)] = boot_ms
+        self.boots.move_to_end((exporter, domain))
+        if len(self.boots) > MAX_BOOTS:
+            self.boots.popitem(last=False)
+
+    def take(self, other: "Templates") -> None:
+        """Become `other`: what a predecessor handed over."""
+        self.templates, self.boots = other.templates, other.boots
+
+    def dump(self) -> bytes:
+        """The state as versioned JSON, each list least recently used first:
+        {"format": STATE_FORMAT, "version": 1, "templates": [[exporter,
+        domain, template id, options, scope, [[ie, enterprise, length],
+        ...]], ...], "boots": [[exporter, domain, ms since the epoch], ...]}."""
+        return json.dumps({
+            "format": STATE_FORMAT, "version": STATE_VERSION,
+            "templates": [[exporter, domain, template_id, t.options, t.scope,
+                           [list(field) for field in t.fields]]
+                          for (exporter, domain, template_id), t in self.templates.items()],
+            "boots": [[exporter, domain, ms] for (exporter, domain), ms in self.boots.items()],
+        }, separators=(",", ":")).encode()
+
+    @classmethod
+    def load(cls, data: bytes) -> "Templates":
+        """What dump() wrote; ValueError, saying why, for anything else."""
+        if len(data) > MAX_STATE_BYTES:
+            raise ValueError(f"netflow_v9 state refused: {len(data)} bytes, more than "
+                             f"{MAX_STATE_BYTES}")
+        try:
+            state = json.loads(data)
+        except ValueError as e:  # JSON and UTF-8 errors both
+            raise ValueError(f"netflow_v9 state refused: not JSON ({e})") from None
+        _expect(isinstance(state, dict) and state.get("format") == STATE_FORMAT,
+                f"not a {STATE_FORMAT!r} document")
+        _expect(state.get("version") == STATE_VERSION,
+                f"version {state.get('version')!r}, this collector reads {STATE_VERSION}")
+        entries, boots = state.get("templates"), state.get("boots")
+        _expect(isinstance(entries, list) and len(entries) <= MAX_TEMPLATES,
+                f"templates must be a list of at most {MAX_TEMPLATES}")
+        _expect(isinstance(boots, list) and len(boots) <= MAX_BOOTS,
+                f"boots must be a list of at most {MAX_BOOTS}")
+        loaded = cls()
+        for entry in entries:
+            _expect(isinstance(entry, list) and len(entry) == 6, f"bad template {entry!r:.80}")
+            exporter, domain, template_id, options, scope, fields = entry
+            _expect(_is_address(exporter) and _is_int(domain, 0, 0xFFFFFFFF)
+                    and _is_int(template_id, FIRST_DATA_SET, 0xFFFF)
+                    and isinstance(options, bool) and isinstance(fields, list)
+                    and 1 <= len(fields) <= MAX_FIELDS and _is_int(scope, 0, len(fields))
+                    and all(isinstance(f, list) and len(f) == 3 and _is_int(f[0], 0, 0xFFFF)
+                            and _is_int(f[1], 0, 0xFFFFFFFF) and _is_int(f[2], 1, VARIABLE)
+                            for f in fields),
+                    f"bad template {entry!r:.80}")
+            template = Template(tuple(tuple(f) for f in fields), options, scope)
+            loaded.add((exporter, domain, template_id), template)
+        for entry in boots:
+            _expect(isinstance(entry, list) and len(entry) == 3 and _is_address(entry[0])
+                    and _is_int(entry[1], 0, 0xFFFFFFFF) and _is_int(entry[2], 0, MAX_MS),
+                    f"bad boot time {entry!r:.80}")
+            loaded.set_boot(*entry)
+        return loaded
+
+
+def _expect(ok: bool, why: str) -> None:
+    if not ok:
+        raise ValueError(f"netflow_v9 state refused: {why}")
+
+
+def _is_int(value, low: int, high: int) -> bool:
+    return type(value) is int and low <= value <= high
+
+
+def _is_address(value) -> bool:
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            socket.inet_pton(family, value)
+            return True
+        except (OSError, TypeError):
+            pass
+    return False
+
+
+class Export(NamedTuple):
+    """What a data set's header says about its records."""
+    exporter: str
+    domain: int
+    export_ms: int
+    uptime: int  # v9: the exporter's ms since boot at export; IPFIX: -1
+    boot_ms: int  # IPFIX: the exporter's boot time when known; -1 otherwise
+
+
+class Collector:
+    """Export datagrams in, one JSON line per flow out, to `out` or stdout;
+    what it learns goes into `templates`."""
+
+    def __init__(self, out: Optional[str], templates: Templates, interval: float = 1.0) -> None:
+        self.fd = (os.open(out, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+                   if out else sys.stdout.fileno())
+        self.templates = templates
+        self.interval = interval
+        self.lines: List[str] = []
+        self.last = self.reported = time.monotonic()
+        self.flows = 0
+        self.malformed: "Counter[str]" = Counter()  # datagrams or sets, by reason
+        # data sets that came before their template, by (exporter, domain, template id)
+        self.unknown: "Counter[Key]" = Counter()
+        self.unknown_elsewhere = 0  # past MAX_UNKNOWN keys
+        self.unreported = False
+        # the data sets of this batch, by template, until one decode each
+        self.pending: Dict[Template, List[Tuple[memoryview, Export]]] = {}
+
+    def add(self, batch) -> None:
+        for packet in batch:
+            self.datagram(packet.src[0], memoryview(packet))
+        self.decode_pending()
+        now = time.monotonic()
+        if self.unreported and now - self.reported >= 1.0:
+            self.report()
+        if now - self.last >= self.interval:
+            self.flush()
+
+    def datagram(self, exporter: str, data: memoryview) -> None:
+        """Learn its templates; keep its data sets for decoding."""
+        if len(data) < 2:
+            self.malformed["short header"] += 1
+            return
+        version = data[0] << 8 | data[1]
+        if version == 9 and len(data) >= V9_HEADER.size:
+            _, _, uptime, secs, _, domain = V9_HEADER.unpack_from(data)
+            start, end = V9_HEADER.size, len(data)
+            export = Export(exporter, domain, secs * 1000, uptime, -1)
+        elif version == 10 and len(data) >= IPFIX_HEADER.size:
+            _, end, secs, _, domain = IPFIX_HEADER.unpack_from(data)
+            if not IPFIX_HEADER.size <= end <= len(data):
+                self.malformed["length past the datagram"] += 1
+                return
+            start = IPFIX_HEADER.size
+            export = Export(exporter, domain, secs * 1000, -1, -1)
+        else:
+            self.malformed["short header" if version in (9, 10) else "not v9 or IPFIX"] += 1
+            return
+        while start < end:
+            if end - start < SET.size:
+                self.malformed["short set"] += 1
+                return
+            set_id, length = SET.unpack_from(data, start)
+            if length < SET.size or start + length > end:
+                self.malformed["set past the datagram"] += 1
+                return
+            body = data[start + SET.size:start + length]
+            if set_id == TEMPLATE_SET[version] or set_id == OPTIONS_SET[version]:
+                self.template_set(export, version, body, set_id == OPTIONS_SET[version])
+            elif set_id >= FIRST_DATA_SET:
+                self.data_set(export, set_id, body)
+            else:
+                self.malformed["reserved set id"] += 1
+            start += length
+
+    def template_set(self, export: Export, version: int, body: memoryview, options: bool) -> None:
+        """Templates one after the other; what is left shorter than one is padding."""
+        exporter, domain = export.exporter, export.domain
+        head = 6 if options else 4  # options templates say their scope too
+        at = 0
+        while len(body) - at >= 4:
+            template_id, count = PAIR.unpack_from(body, at)
+            if version == 10 and count == 0:  # a withdrawal is 4 bytes, even in options sets
+                self.templates.withdraw(exporter, domain, template_id, options)
+                at += 4
+                continue
+            if len(body) - at < head:
+                self.malformed["short template"] += 1
+                return
+            scope = 0
+            if options and version == 9:  # scope and option lengths, in bytes
+                scope, count = count // 4, (count + PAIR.unpack_from(body, at + 2)[1]) // 4
+            elif options:
+                scope = PAIR.unpack_from(body, at + 2)[1]
+            at += head
+            if not 0 < count <= MAX_FIELDS or template_id < FIRST_DATA_SET or scope > count:
+                self.malformed["template id under 256" if template_id < FIRST_DATA_SET
+                               else "template of no field or too many"] += 1
+                return  # where the next template starts is unknowable
+            fields = []
+            for _ in range(count):
+                if len(body) - at < 4:
+                    self.malformed["short template"] += 1
+                    return
+                ie, length = PAIR.unpack_from(body, at)
+                at += 4
+                enterprise = 0
+                if version == 10 and ie & ENTERPRISE:
+                    if len(body) - at < 4:
+                        self.malformed["short template"] += 1
+                        return
+                    ie, enterprise = ie & ~ENTERPRISE, int.from_bytes(body[at:at + 4], "big")
+                    at += 4
+                if length == 0 or (length == VARIABLE and version == 9):
+                    self.malformed["field of no length"] += 1
+                    return
+                fields.append((ie, enterprise, length))
+            template = Template(tuple(fields), options, scope)
+            self.templates.add((exporter, domain, template_id), template)
+
+    def data_set(self, export: Export, template_id: int, body: memoryview) -> None:
+        key = (export.exporter, export.domain, template_id)
+        template = self.templates.get(key)
+        if template is None:
+            if key in self.unknown or len(self.unknown) < MAX_UNKNOWN:
+                self.unknown[key] += 1
+            else:
+                self.unknown_elsewhere += 1
+            self.unreported = True
+        elif template.options:
+            self.options(export, template, body)
+        else:
+            boot_ms = self.templates.boot(export.exporter, export.domain)
+            export = export._replace(boot_ms=-1 if boot_ms is None else boot_ms)
+            self.pending.setdefault(template, []).append((body, export))
+
+    def options(self, export: Export, template: Template, body: memoryview) -> None:
+        """Options records about the exporter: keep its boot time."""
+        for i, (ie, enterprise, _) in enumerate(template.fields):
+            if (ie, enterprise) == (SYSTEM_INIT, 0):
+                for boot_ms in _ints(_column(self.records(template, body), i)).tolist():
+                    if boot_ms > MAX_MS:
+                        self.malformed["boot time out of range"] += 1
+                        continue
+                    self.templates.set_boot(export.exporter, export.domain, boot_ms)
+
+    def records(self, template: Template, body: memoryview):
+        """The records of one data set: a structured array for a fixed-length
+        template (its padding left out), else a list of tuples of bytes."""
+        if template.dtype is not None:
+            return np.frombuffer(body, template.dtype, len(body) // template.dtype.itemsize)
+        out = []
+        at = 0
+        while len(body) - at >= template.smallest:  # less is padding
+            values = []
+            for _, _, length in template.fields:
+                if length == VARIABLE:
+                    length, at = _variable_length(body, at)
+                if at + length > len(body):
+                    self.malformed["record past its set"] += 1
+                    return out
+                values.append(bytes(body[at:at + length]))
+                at += length
+            out.append(tuple(values))
+        return out
+
+    def decode_pending(self) -> None:
+        """Decode the data sets kept, one template at a time."""
+        for template, sets in self.pending.items():
+            self.lines += self.decode(template, sets)
+        self.pending.clear()
+
+    def decode(self, template: Template, sets: List[Tuple[memoryview, Export]]) -> List[str]:
+        """One JSON line per record of the data sets of one template: each
+        field a column, turned into JSON text at once."""
+        if template.dtype is not None:  # the records of all sets, padding cut, in one array
+            size = template.dtype.itemsize
+            counts = [len(body) // size for body, _ in sets]
+            array = np.frombuffer(b"".join(body[:n * size] for (body, _), n in zip(sets, counts)),
+                                  template.dtype)
+            columns = [array[f"f{i}"] for i in range(len(template.fields))]
+        else:
+            parts = [self.records(template, body) for body, _ in sets]
+            counts = [len(part) for part in parts]
+            rows = [row for part in parts for row in part]
+            columns = [_column(rows, i) for i in range(len(template.fields))]
+        context = {name: np.repeat(np.array([getattr(e, name) for _, e in sets], np.int64), counts)
+                   for name in ("export_ms", "uptime", "boot_ms")}
+        names = ["exporter", "domain", *template.names]
+        texts = [[f'"{e.exporter}"' for (_, e), n in zip(sets, counts) for _ in range(n)],
+                 [str(e.domain) for (_, e), n in zip(sets, counts) for _ in range(n)]]
+        for kind, column in zip(template.kinds, columns):
+            texts.append(_time_texts(kind, _ints(column), context) if kind in CLOCKS
+                         else _texts(kind, column))
+        line = "{" + ", ".join(f'"{name}": %s' for name in names) + "}\n"
+        return [line % row for row in zip(*texts)]
+
+    def flush(self) -> None:
+        data = "".join(self.lines).encode()
+        self.flows += len(self.lines)
+        self.lines.clear()
+        self.last = time.monotonic()
+        while data:
+            data = data[os.write(self.fd, data):]
+
+    def report(self) -> None:
+        """Log the data sets not decoded for want of a template, largest first."""
+        self.reported, self.unreported = time.monotonic(), False
+        if not self.unknown:
+            return
+        top = ", ".join(f"{exporter} domain {domain} template {template_id}: {count}"
+                        for (exporter, domain, template_id), count in self.unknown.most_common(10))
+        more = len(self.unknown) - 10
+        log.warning("%d data sets came before their template (not decoded): %s%s%s",
+                    sum(self.unknown.values()) + self.unknown_elsewhere, top,
+                    f", and {more} more" if more > 0 else "",
+                    f"; {self.unknown_elsewhere} more from other sources"
+                    if self.unknown_elsewhere else "")
+
+
+def _variable_length(body: memoryview, at: int) -> Tuple[int, int]:
+    """IPFIX's length before a variable-length value, one byte or 255 and
+    two more, and where the value starts; a length past the set if cut."""
+    if at < len(body) and body[at] < 255:
+        return body[at], at + 1
+    if at + 3 <= len(body):
+        return body[at + 1] << 8 | body[at + 2], at + 3
+    return len(body), at + 1
+
+
+def _column(records, i: int):
+    """Field i of every record: an array column, or a list of bytes."""
+    return records[f"f{i}"] if isinstance(records, np.ndarray) else [r[i] for r in records]
+
+
+def _ints(column) -> np.ndarray:
+    """A column of numbers of any length up to 8 bytes, as uint64."""
+    if isinstance(column, np.ndarray) and column.dtype.kind == "u":
+        return column.astype(np.uint64)
+    values = column.tolist() if isinstance(column, np.ndarray) else column
+    return np.array([int.from_bytes(v[-8:], "big") for v in values], dtype=np.uint64)
+
+
+def _texts(kind: str, column) -> List[str]:
+    """Each value of a column as JSON text."""
+    if isinstance(column, np.ndarray) and column.dtype.kind == "u":
+        return list(map(str, column.tolist()))
+    values = column.tolist() if isinstance(column, np.ndarray) else column  # bytes
+    if kind == INT:
+        return [str(int.from_bytes(v, "big")) for v in values]
+    if kind == ADDRESS and isinstance(column, np.ndarray) and column.dtype.itemsize == 4:
+        ntoa = socket.inet_ntoa  # IPv4 in a fixed-length record: most addresses, the fast way
+        return ['"%s"' % ntoa(v) for v in values]
+    if kind == ADDRESS:
+        return [f'"{_address(v)}"' for v in values]
+    if kind == TEXT:  # exporters pad names with NULs
+        return [json.dumps(v.rstrip(b"\0").decode("utf-8", "replace")) for v in values]
+    return [f'"{v.hex()}"' for v in values]
+
+
+def _address(value: bytes) -> str:
+    if len(value) == 4:
+        return socket.inet_ntop(socket.AF_INET, value)
+    if len(value) == 16:
+        return socket.inet_ntop(socket.AF_INET6, value)
+    return value.hex()
+
+
+def _time_texts(clock: str, t: np.ndarray, context: Dict[str, np.ndarray]) -> List[str]:
+    """Times as Unix milliseconds in JSON text; null for a time since an
+    IPFIX exporter's boot when its boot time has not come yet."""
+    known = None
+    if clock == UPTIME:  # v9 dates it by the header's uptime, IPFIX by the boot time
+        uptime, boot_ms = context["uptime"], context["boot_ms"]
+        ms = np.where(uptime >= 0, context["export_ms"] - _age(uptime, t.astype(np.int64)),
+                      boot_ms + t.astype(np.int64))
+        known = (uptime >= 0) | (boot_ms >= 0)
+    elif clock == SECONDS:
+        ms = t.astype(np.int64) * 1000
+    elif clock == MILLISECONDS:
+        ms = t.astype(np.int64)
+    elif clock == NTP:  # seconds since 1900, and a binary fraction of one
+        ms = ((t >> 32).astype(np.int64) - NTP_EPOCH) * 1000 \
+            + (((t & 0xFFFFFFFF) * 1000) >> 32).astype(np.int64)
+    else:  # BEFORE_EXPORT, in microseconds
+        ms = context["export_ms"] - (t // 1000).astype(np.int64)
+    texts = list(map(str, ms.tolist()))
+    if known is not None and not known.all():
+        texts = [text if ok else "null" for text, ok in zip(texts, known.tolist())]
+    return texts
+
+
+def _age(uptime: np.ndarray, at: np.ndarray) -> np.ndarray:
+    """ms from a flow time `at` to the export, both on a v9 exporter's
+    wrapping 32-bit uptime clock (as in netflow_v5)."""
+    age = (uptime - at) & 0xFFFFFFFF
+    return np.where(age > (1 << 32) - FUTURE_MS, age - (1 << 32), age)
+
+
+templates = Templates()  # the state a worker hands to the next
+collector: Optional[Collector] = None
+
+
+def save_state() -> bytes:
+    """The templates and boot times learned so far, for the next worker."""
+    return templates.dump()
+
+
+def restore_state(data: bytes) -> None:
+    """Take on what save_state() gave; ValueError, saying why, if refused."""
+    templates.take(Templates.load(data))
+
+
+def worker_start() -> None:
+    global collector
+    collector = Collector(os.environ.get("NETFLOW_OUT"), templates)
+
+
+def on_batch(batch) -> None:
+    assert collector is not None
+    collector.add(batch)
+
+
+def worker_stop() -> None:
+    if collector is not None:
+        c = collector
+        c.flush()
+        c.report()
+        if c.malformed or templates.forgotten:
+            log.warning("malformed and skipped: %s; %d templates forgotten (more than %d)",
+                        ", ".join(f"{n} {why}" for why, n in c.malformed.most_common()) or "none",
+                        templates.forgotten, MAX_TEMPLATES)
+
+
+def main() -> None:
+    import signal
+
+    import udp_reader
+
+    logging.basicConfig(format="%(name)s: %(message)s")
+    worker_start()
+    address = sys.argv[1] if len(sys.argv) > 1 else ":2055"
+    with udp_reader.Reader(address) as reader:
+        signal.signal(signal.SIGTERM, lambda *_: reader.stop())
+        try:
+            reader.run_batches(on_batch)  # until Ctrl-C or TERM
+        except KeyboardInterrupt:
+            pass
+        reader.drain(on_batch=on_batch)  # what is queued still counts
+    worker_stop()
+
+
+if __name__ == "__main__":
+    main()
