@@ -19,6 +19,7 @@ from libc.stdint cimport uint8_t, uint32_t, uint64_t, UINT64_MAX
 from libc.stdlib cimport malloc, free
 from libc.string cimport memcpy, memset
 
+from udp_reader.constants cimport UR_MAX_PAYLOAD4, UR_MAX_PAYLOAD6
 from udp_reader.engine cimport *
 from udp_reader.replies cimport *
 
@@ -29,7 +30,7 @@ import socket
 import time
 
 from udp_reader import multicast, sockets
-from udp_reader.options import DEFAULT_BATCH, DEFAULT_RCVBUF, MAX_PAYLOAD, ReaderOptions
+from udp_reader.options import ReaderOptions
 
 cdef extern from "<arpa/inet.h>" nogil:
     const char *inet_ntop(int af, const void *src, char *dst, int size)
@@ -54,6 +55,9 @@ cdef int FOREVER = -1
 cdef int PENDING_ONLY = -2
 
 log = logging.getLogger("udp_reader")
+
+# The Reader's defaults are those of ReaderOptions, declared there once.
+_DEFAULT = ReaderOptions()
 
 Stats = collections.namedtuple("Stats", [
     "received", "delivered", "too_short", "too_long", "ctrunc",
@@ -861,9 +865,10 @@ cdef class Reader:
         self._deadline = -1.0
         self._limit = UINT64_MAX
 
-    def __init__(self, address=None, *, min_size=0, max_size=MAX_PAYLOAD,
-                 batch_size=DEFAULT_BATCH, bint reuseport=True, rcvbuf=DEFAULT_RCVBUF,
-                 timestamps=False, gro=False, ip_fields=False, join=(), fileno=None):
+    def __init__(self, address=None, *, min_size=_DEFAULT.min_size,
+                 max_size=_DEFAULT.max_size, batch_size=_DEFAULT.batch_size,
+                 bint reuseport=True, rcvbuf=_DEFAULT.rcvbuf, timestamps=_DEFAULT.timestamps,
+                 gro=_DEFAULT.gro, ip_fields=_DEFAULT.ip_fields, join=(), fileno=None):
         options = ReaderOptions(min_size=min_size, max_size=max_size, batch_size=batch_size,
                                 rcvbuf=rcvbuf, gro=gro, timestamps=timestamps,
                                 ip_fields=ip_fields)
@@ -1366,7 +1371,8 @@ cdef class Reader:
 
 
 def _engine_feed(bytes control, bytes name, uint32_t length, int flags, *,
-                 min_size=0, max_size=MAX_PAYLOAD, gro=False, uint32_t last_ovfl=0):
+                 min_size=_DEFAULT.min_size, max_size=_DEFAULT.max_size, gro=_DEFAULT.gro,
+                 uint32_t last_ovfl=0):
     """Test-only: the engine's per-datagram parsing on arbitrary bytes, with
     `last_ovfl` the drop count the engine saw last.
 

@@ -5,6 +5,7 @@ from cpython.buffer cimport PyBuffer_FillInfo
 from libc.stdint cimport uint32_t, uint64_t
 from libc.stdlib cimport malloc, free
 
+from udp_reader.constants cimport UR_MAX_BATCH
 from udp_reader.sender cimport *
 
 import os
@@ -24,8 +25,8 @@ cdef class BatchSender:
     cdef uint32_t *_lengths
 
     def __init__(self, sock, unsigned batch, size_t slot):
-        if not 1 <= batch <= 1024:
-            raise ValueError(f"batch must be within 1..1024, not {batch}")
+        if not 1 <= batch <= UR_MAX_BATCH:
+            raise ValueError(f"batch must be within 1..{UR_MAX_BATCH}, not {batch}")
         if ur_sender_init(&self._s, batch, slot) < 0:
             raise MemoryError()
         self._ready = True

@@ -37,10 +37,6 @@ cdef extern from "replies.h" nogil:
         uint16_t port
         uint8_t addr[16]
 
-    enum:
-        UR_MAX_PAYLOAD4
-        UR_MAX_PAYLOAD6
-
     int ur_replies_init(ur_replies *r, int family, unsigned capacity,
                         size_t arena_size, int gso)
     void ur_replies_free(ur_replies *r)
