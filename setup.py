@@ -24,14 +24,14 @@ core = Extension(
     extra_compile_args=FLAGS,
 )
 
-sender = Extension(
-    "udp_reader._sender",
-    sources=["src/udp_reader/_sender.pyx", "csrc/sender.c"],
+loadgen = Extension(
+    "udp_reader._loadgen",
+    sources=["src/udp_reader/_loadgen.pyx", "csrc/loadgen.c"],
     include_dirs=["csrc"],
-    depends=["csrc/constants.h", "csrc/sender.h", "src/udp_reader/constants.pxd",
-             "src/udp_reader/sender.pxd"],
+    depends=["csrc/constants.h", "csrc/loadgen.h", "src/udp_reader/constants.pxd",
+             "src/udp_reader/loadgen.pxd"],
     extra_compile_args=FLAGS,
 )
 
-setup(ext_modules=cythonize([constants, core, sender],
+setup(ext_modules=cythonize([constants, core, loadgen],
                             compiler_directives={"language_level": "3"}))

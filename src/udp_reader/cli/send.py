@@ -13,7 +13,7 @@ import time
 from typing import List, Optional, Tuple
 
 from udp_reader._constants import GSO_SEGMENTS, MAX_PAYLOAD, MAX_PAYLOAD_V6
-from udp_reader._sender import BatchSender
+from udp_reader._loadgen import BatchSender
 from udp_reader.sockets import UDP_SEGMENT, Address, parse_address
 
 log = logging.getLogger("udp_reader")
