@@ -155,8 +155,8 @@ cdef inline void _reply_peer(ur_peer *to, const ur_meta *m) noexcept nogil:
 
 
 @cython.final
-cdef class _Sender:
-    """A reader's send side: its socket, the reply queue of the run under
+cdef class _ReplyPath:
+    """A reader's reply path: its socket, the reply queue of the run under
     way, counters, and the failures read back from the error queue. Every
     slab points here, so a packet kept after its callback can still answer;
     closing the reader closes this too.
@@ -471,7 +471,7 @@ cdef class _Slab:
     cdef ur_meta *meta
     cdef unsigned char *arena
     cdef Py_ssize_t meta_bytes
-    cdef _Sender sender  # where its packets' replies go
+    cdef _ReplyPath replies  # where its packets' replies go
     cdef bint ip_fields  # its records hold TTL and TOS
 
     def __cinit__(self, Py_ssize_t records, Py_ssize_t arena_bytes):
@@ -530,7 +530,7 @@ cdef class Packet:
         error raises OSError."""
         cdef ur_peer to
         _reply_peer(&to, self._m)
-        self._slab.sender.reply(&to, data, "data")
+        self._slab.replies.reply(&to, data, "data")
 
     @property
     def src(self):
@@ -673,7 +673,7 @@ cdef class Batch:
         cdef Py_ssize_t i
         cdef ur_peer *peers
         if replies is self:  # an echo, straight from the receive arena
-            self._slab.sender.send_echo(&self._slab.meta[self._start], self._slab.arena,
+            self._slab.replies.send_echo(&self._slab.meta[self._start], self._slab.arena,
                                         self._count)
             return
         payloads = replies if type(replies) is list else list(replies)
@@ -686,7 +686,7 @@ cdef class Batch:
         try:
             for i in range(self._count):
                 _reply_peer(&peers[i], &self._slab.meta[self._start + i])
-            self._slab.sender.send_all(peers, payloads, "replies")
+            self._slab.replies.send_all(peers, payloads, "replies")
         finally:
             free(peers)
 
@@ -783,7 +783,7 @@ def _batch_of(records, frames):
     cdef size_t total = 0, at = 0
     cdef const ur_meta *given
     cdef _Slab slab
-    cdef _Sender none
+    cdef _ReplyPath none
     cdef Batch batch
     PyObject_GetBuffer(records, &rec, PyBUF_SIMPLE)
     try:
@@ -808,9 +808,9 @@ def _batch_of(records, frames):
             PyBuffer_Release(&src)
     finally:
         PyBuffer_Release(&rec)
-    none = _Sender()
+    none = _ReplyPath()
     none.closed = "a watched packet cannot answer: no socket of ours received it"
-    slab.sender = none
+    slab.replies = none
     slab.ip_fields = True
     batch = Batch.__new__(Batch)
     batch._slab = slab
@@ -853,7 +853,7 @@ cdef class Reader:
     cdef bint _handler_takes_batches
     cdef object _shed_peer
     cdef double _deadline
-    cdef _Sender _sender
+    cdef _ReplyPath _replies
     cdef bint _ip_fields
     cdef uint64_t _limit  # run(count=): deliver up to this total, then return
     cdef uint64_t _drops_told  # kernel_drops as last reported: it never goes back
@@ -908,8 +908,8 @@ cdef class Reader:
             self._engine_ready = True
             # Drops counted before we took the socket are not ours.
             self._engine.last_ovfl = sockets.kernel_drops(sock)
-            self._sender = _Sender()
-            self._sender.setup(sock, options.batch_size)
+            self._replies = _ReplyPath()
+            self._replies.setup(sock, options.batch_size)
             self._slab = self._new_slab()
             self._wake_fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
             if memberships:
@@ -945,7 +945,7 @@ cdef class Reader:
 
     cdef _Slab _new_slab(self):
         cdef _Slab slab = _Slab(self._engine.max_records, ur_engine_arena_size(&self._engine))
-        slab.sender = self._sender
+        slab.replies = self._replies
         slab.ip_fields = self._ip_fields
         return slab
 
@@ -1039,17 +1039,17 @@ cdef class Reader:
         self._drops_told = max(self._drops_told, drops)
         return Stats(self._c.received, self._delivered, self._c.too_short,
                      self._c.too_long, self._c.ctrunc, self._drops_told,
-                     self._c.batches, self._c.bytes, self._sender.c.sent,
-                     self._sender.c.errors)
+                     self._c.batches, self._c.bytes, self._replies.c.sent,
+                     self._replies.c.errors)
 
     @property
     def gso(self):
         """True while replies to one peer of equal size may be merged into
         one message with UDP_SEGMENT; False once the kernel refused it."""
         self._check_open()
-        if not self._sender.prepared:
+        if not self._replies.prepared:
             return bool(ur_probe_gso(self._fd))
-        return self._sender.can_gso
+        return self._replies.can_gso
 
     # -- control ------------------------------------------------------------
 
@@ -1077,9 +1077,9 @@ cdef class Reader:
             self._shed_peer.close()
             self._shed_peer = None
         self._fd = -1
-        if self._sender is not None:
-            self._sender.fd = -1  # kept packets can no longer answer
-            self._sender.sock = None
+        if self._replies is not None:
+            self._replies.fd = -1  # kept packets can no longer answer
+            self._replies.sock = None
         if self._wake_fd >= 0:
             os.close(self._wake_fd)
             self._wake_fd = -1
@@ -1109,9 +1109,9 @@ cdef class Reader:
         kernel's choice). A send error raises OSError."""
         cdef ur_peer to
         self._check_open()
-        self._sender.peer_for(&to, address, source, ifindex)
-        self._sender.prepare()
-        self._sender.reply(&to, data, "data", True)
+        self._replies.peer_for(&to, address, source, ifindex)
+        self._replies.prepare()
+        self._replies.reply(&to, data, "data", True)
 
     def send_many(self, messages, *, source=None, ifindex=None):
         """Send (data, address) pairs in sendmmsg calls, from `source` and
@@ -1141,12 +1141,12 @@ cdef class Reader:
                     raise TypeError(f"messages[{i}]: data must be bytes-like, not None")
                 key = address if isinstance(address, (str, tuple)) else repr(address)
                 if key not in parsed:
-                    self._sender.peer_for(&peers[i], address, source, ifindex)
+                    self._replies.peer_for(&peers[i], address, source, ifindex)
                     parsed[key] = i
                 else:
                     peers[i] = peers[<Py_ssize_t>parsed[key]]
                 payloads[i] = data
-            self._sender.send_all(peers, payloads, "messages")
+            self._replies.send_all(peers, payloads, "messages")
         finally:
             free(peers)
 
@@ -1155,7 +1155,7 @@ cdef class Reader:
         {(host, port): SendFailure(errno, datagrams, mtu)}: refused sends and
         the ICMP errors read back from the socket's error queue."""
         self._check_open()
-        return self._sender.take_failures()
+        return self._replies.take_failures()
 
     # -- receiving ------------------------------------------------------------
 
@@ -1195,9 +1195,9 @@ cdef class Reader:
             raise RuntimeError("the reader is already running")
         while self._pending_next >= self._pending_end:
             if not self._receive():
-                if self._sender.prepared:
+                if self._replies.prepared:
                     # An event loop wakes us for the error queue too.
-                    self._sender.read_errors()
+                    self._replies.read_errors()
                 return None
         batch = self._take_batch()
         self._delivered += batch._count
@@ -1257,7 +1257,7 @@ cdef class Reader:
             raise RuntimeError("the reader is already running")
         self._running = True
         self._limit = limit
-        self._sender.loop_thread = PyThread_get_thread_ident()
+        self._replies.loop_thread = PyThread_get_thread_ident()
         try:
             while self._next_batch(idle_ms):
                 if self._handler_takes_batches:
@@ -1267,8 +1267,8 @@ cdef class Reader:
                     batch = None
                 else:
                     self._deliver_packets(self._handler)
-                if self._sender.queue.count:
-                    self._sender.flush()  # this receive's replies
+                if self._replies.queue.count:
+                    self._replies.flush()  # this receive's replies
         finally:
             self._end()
 
@@ -1304,9 +1304,9 @@ cdef class Reader:
         try:
             # Replies made before a stop or an exception; still running, so
             # a close() from another thread waits for them.
-            self._sender.flush()
+            self._replies.flush()
         finally:
-            self._sender.loop_thread = 0
+            self._replies.loop_thread = 0
             self._running = False
             self._stopping = False
             self._limit = UINT64_MAX
@@ -1332,7 +1332,7 @@ cdef class Reader:
             if n >= 0 or not ur_async_error(-n):
                 break
             # An ICMP error for a datagram we sent, not a failed receive.
-            self._sender.read_errors()
+            self._replies.read_errors()
         if n == -EAGAIN or (n < 0 and ur_async_error(-n)):
             return False
         if n < 0:
@@ -1361,7 +1361,7 @@ cdef class Reader:
             with nogil:
                 r = ur_wait(fd, wake_fd, wait_ms)
             if r == 2:
-                self._sender.read_errors()  # only the error queue was ready
+                self._replies.read_errors()  # only the error queue was ready
                 continue
             if r == 0 and idle_ms != FOREVER and not self._stopping:
                 return False  # idle: the drain is complete
