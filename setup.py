@@ -1,6 +1,8 @@
 """Builds the compiled core: the C receive engine, reply path and load
 generator in csrc/ and their Cython bridges, and the shared constants."""
 
+import glob
+
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
@@ -20,7 +22,8 @@ core = Extension(
     include_dirs=["csrc"],
     depends=["csrc/constants.h", "csrc/engine.h", "src/udp_reader/engine.pxd",
              "csrc/replies.h", "src/udp_reader/replies.pxd",
-             "src/udp_reader/constants.pxd"],
+             "src/udp_reader/constants.pxd", "src/udp_reader/_core.pxd",
+             *glob.glob("src/udp_reader/core/*.p*")],
     extra_compile_args=FLAGS,
 )
 
