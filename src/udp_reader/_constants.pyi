@@ -10,7 +10,6 @@ CONTROL_SIZE: int
 GRO_BUFFER: int
 GSO_SEGMENTS: int
 ASYNC_ERRORS: FrozenSet[int]
-SOL_UDP: int
 SO_RXQ_OVFL: int
 UDP_SEGMENT: int
 UDP_GRO: int

@@ -20,7 +20,6 @@ GSO_SEGMENTS = c.UR_GSO_SEGMENTS
 ASYNC_ERRORS = frozenset([c.ur_async_errors[i] for i in range(c.UR_ASYNC_ERROR_COUNT)])
 
 # Linux ABI values the socket module may not name.
-SOL_UDP = c.SOL_UDP
 SO_RXQ_OVFL = c.SO_RXQ_OVFL
 UDP_SEGMENT = c.UDP_SEGMENT
 UDP_GRO = c.UDP_GRO
