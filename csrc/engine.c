@@ -9,16 +9,6 @@
 #include <sys/socket.h>
 #include <time.h>
 
-#ifndef SO_RXQ_OVFL
-#define SO_RXQ_OVFL 40
-#endif
-#ifndef SOL_UDP
-#define SOL_UDP 17
-#endif
-#ifndef UDP_GRO
-#define UDP_GRO 104
-#endif
-
 int ur_engine_init(ur_engine *e, unsigned batch, uint32_t min_size,
                    uint32_t max_size, int gro)
 {

@@ -6,6 +6,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "constants.h"
+
 /* One record per delivered packet, the numpy-visible row of a batch.
  * Addresses are kept in network byte order; an IPv4 packet (also one that
  * reached a dual-stack IPv6 socket) has family AF_INET and uses the first
@@ -49,15 +51,8 @@ typedef struct ur_engine {
     unsigned char *control;
 } ur_engine;
 
-/* Bytes of control data per message: room for every option we enable at
- * once, so MSG_CTRUNC only ever means a kernel surprise.  The most that
- * arrives together, an IPv4 datagram on a dual-stack socket on x86-64:
- * IPV6_PKTINFO 40 + SCM_TIMESTAMPNS 32 + SO_RXQ_OVFL 24 + UDP_GRO 24 +
- * IP_TTL 24 + IP_TOS 24 = 168 bytes (an AF_INET socket: IP_PKTINFO 32). */
-#define UR_CONTROL_SIZE 256
-/* A merged receive: at most 64 KiB, of at most UDP_MAX_SEGMENTS (128 on
- * current kernels) segments. */
-#define UR_GRO_BUFFER 65536
+/* A merged receive: at most UR_GRO_BUFFER bytes, of at most UDP_MAX_SEGMENTS
+ * (128 on current kernels) segments. */
 #define UR_MAX_SEGMENTS 128
 
 int ur_engine_init(ur_engine *e, unsigned batch, uint32_t min_size,

@@ -12,13 +12,6 @@
 #include <time.h>
 #include <linux/errqueue.h>  /* after time.h: it uses struct timespec */
 
-#ifndef SOL_UDP
-#define SOL_UDP 17
-#endif
-#ifndef UDP_SEGMENT
-#define UDP_SEGMENT 103
-#endif
-
 /* Room for a pktinfo and a UDP_SEGMENT control message. */
 #define UR_REPLY_CONTROL 64
 
@@ -427,14 +420,12 @@ int ur_read_errors(int fd, ur_send_error *out, unsigned max)
 
 int ur_async_error(int err)
 {
-    switch (err) {
-    case ECONNREFUSED: case EHOSTUNREACH: case ENETUNREACH: case EMSGSIZE:
-    case ENOPROTOOPT: case EOPNOTSUPP: case ENONET: case EHOSTDOWN:
-    case EACCES: case EPROTO: case ENETDOWN:
-        return 1;
-    default:
-        return 0;
-    }
+    size_t i;
+
+    for (i = 0; i < UR_ASYNC_ERROR_COUNT; i++)
+        if (err == ur_async_errors[i])
+            return 1;
+    return 0;
 }
 
 int ur_probe_gso(int fd)

@@ -8,6 +8,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "constants.h"
+
 /* Where one datagram goes and where it leaves from.  Addresses in network
  * byte order, IPv4 in the first four bytes.  Zero every field first: queued
  * peers are compared whole. */
@@ -47,12 +49,7 @@ typedef struct ur_replies {
     unsigned *segments;     /* message -> how many datagrams it carries */
 } ur_replies;
 
-/* The largest payload of one datagram per family. */
-#define UR_MAX_PAYLOAD4 65507
-#define UR_MAX_PAYLOAD6 65527
-/* GSO: datagrams per message (every kernel with UDP_SEGMENT takes 64) and
- * bytes per message. */
-#define UR_GSO_SEGMENTS 64
+/* GSO: bytes per message (datagrams per message: UR_GSO_SEGMENTS). */
 #define UR_GSO_BYTES 65000
 /* A full socket buffer (EAGAIN): how long one flush waits for room, in
  * slices, before it counts what is left as failed. */

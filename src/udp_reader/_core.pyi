@@ -8,7 +8,6 @@ import numpy as np
 import numpy.typing as npt
 
 from udp_reader.multicast import Interface, Membership
-from udp_reader.options import DEFAULT_BATCH, DEFAULT_RCVBUF, MAX_PAYLOAD
 from udp_reader.sockets import Address
 
 # What a payload may be: anything with the buffer protocol.
@@ -98,14 +97,15 @@ class Reader:
         self,
         address: Optional[Address] = None,
         *,
-        min_size: int = 0,
-        max_size: int = MAX_PAYLOAD,
-        batch_size: int = DEFAULT_BATCH,
+        # The defaults are ReaderOptions' (udp_reader.options).
+        min_size: int = ...,
+        max_size: int = ...,
+        batch_size: int = ...,
         reuseport: bool = True,
-        rcvbuf: Optional[int] = DEFAULT_RCVBUF,
-        timestamps: bool = False,
-        gro: bool = False,
-        ip_fields: bool = False,
+        rcvbuf: Optional[int] = ...,
+        timestamps: bool = ...,
+        gro: bool = ...,
+        ip_fields: bool = ...,
         join: Iterable[Union[str, Membership]] = (),
         fileno: Optional[int] = None,
     ) -> None: ...
@@ -170,9 +170,9 @@ def _engine_feed(
     length: int,
     flags: int,
     *,
-    min_size: int = 0,
-    max_size: int = MAX_PAYLOAD,
-    gro: bool = False,
+    min_size: int = ...,
+    max_size: int = ...,
+    gro: bool = ...,
     last_ovfl: int = 0,
 ) -> Tuple[List[Dict[str, int]], Dict[str, int]]: ...
 

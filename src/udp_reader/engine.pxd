@@ -1,5 +1,5 @@
 # Declarations of the C batch engine (csrc/engine.h); the logic that uses
-# them lives in _core.pyx.
+# them lives in the parts of _core (core/*.pyx).
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 
 cdef extern from "engine.h" nogil:

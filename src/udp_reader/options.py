@@ -6,15 +6,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Dict, Optional
 
-# The largest UDP payload over IPv4: 65535 - 20 (IP header) - 8 (UDP header).
-MAX_PAYLOAD = 65507
-# Over IPv6 (no jumbograms): 65535 - 8 (UDP header); the IPv6 header is not
-# counted in the payload length.
-MAX_PAYLOAD_V6 = 65527
-# A UDP length field's limit; the length window may reach it (IPv6 payloads
-# may exceed MAX_PAYLOAD).
-_SIZE_LIMIT = 65535
-MAX_BATCH = 1024
+from udp_reader._constants import MAX_BATCH, MAX_LENGTH, MAX_PAYLOAD
+
 DEFAULT_BATCH = 64
 # Rides out a worker start on a busy host: at 20 kpps of small datagrams,
 # each ~768 bytes of kernel truesize, the kernel's 208 KiB default holds
@@ -52,8 +45,10 @@ class ReaderOptions:
     ip_fields: bool = False  # TTL and TOS of every packet (two control messages more)
 
     def __post_init__(self) -> None:
-        _int("min_size", self.min_size, 0, _SIZE_LIMIT)
-        _int("max_size", self.max_size, 0, _SIZE_LIMIT)
+        # The length window may reach a UDP length field's limit: IPv6
+        # payloads may exceed MAX_PAYLOAD.
+        _int("min_size", self.min_size, 0, MAX_LENGTH)
+        _int("max_size", self.max_size, 0, MAX_LENGTH)
         if self.min_size > self.max_size:
             raise ValueError(f"min_size ({self.min_size}) must not exceed "
                              f"max_size ({self.max_size})")

@@ -1,5 +1,5 @@
 # Declarations of the C reply path (csrc/replies.h); the logic that uses
-# them lives in _core.pyx.
+# them lives in the parts of _core (core/*.pyx).
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 
 cdef extern from "replies.h" nogil:
@@ -36,10 +36,6 @@ cdef extern from "replies.h" nogil:
         uint16_t family
         uint16_t port
         uint8_t addr[16]
-
-    enum:
-        UR_MAX_PAYLOAD4
-        UR_MAX_PAYLOAD6
 
     int ur_replies_init(ur_replies *r, int family, unsigned capacity,
                         size_t arena_size, int gso)

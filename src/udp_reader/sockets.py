@@ -10,19 +10,20 @@ import socket
 import struct
 from typing import List, Tuple, Union
 
+from udp_reader._constants import (ASYNC_ERRORS, CONTROL_SIZE, GRO_BUFFER, SO_RXQ_OVFL,
+                                   UDP_GRO, UDP_SEGMENT)
+
 Address = Union[str, int, Tuple[str, int]]
 
 log = logging.getLogger("udp_reader")
 
-# Linux ABI values, for the ones the socket module does not name.
+# Linux ABI values, for the ones the socket module does not name (those the
+# compiled core uses too come from its header, above).
 IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
 IPV6_RECVPKTINFO = getattr(socket, "IPV6_RECVPKTINFO", 49)
-SO_RXQ_OVFL = getattr(socket, "SO_RXQ_OVFL", 40)
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 SO_MEMINFO = getattr(socket, "SO_MEMINFO", 55)
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
-UDP_GRO = getattr(socket, "UDP_GRO", 104)
-UDP_SEGMENT = getattr(socket, "UDP_SEGMENT", 103)
 IP_RECVTTL = getattr(socket, "IP_RECVTTL", 12)
 IP_RECVTOS = getattr(socket, "IP_RECVTOS", 13)
 IPV6_RECVHOPLIMIT = getattr(socket, "IPV6_RECVHOPLIMIT", 51)
@@ -262,24 +263,9 @@ def kernel_drops(sock: socket.socket) -> int:
     return info[_SK_MEMINFO_DROPS] if len(info) > _SK_MEMINFO_DROPS else 0
 
 
-def queue_filling(sock: socket.socket) -> bool:
-    """True while the receive queue is over half full (drops may follow)."""
-    info = meminfo(sock)
-    return len(info) > 1 and info[0] * 2 > info[1]
-
-
 # Receives discard_queue() makes at most: a sender faster than us must not
 # keep it reading forever.
 _DISCARD_LIMIT = 1 << 20
-# Room for every control message the engine enables at once.
-_CONTROL_SIZE = 256
-# What an ICMP error for an earlier send makes the next receive return
-# instead of data (always on a connected socket, and on any with
-# IP_RECVERR, which a Reader sets once it sends).
-ASYNC_ERRORS = frozenset({
-    errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EMSGSIZE,
-    errno.ENOPROTOOPT, errno.EOPNOTSUPP, errno.ENONET, errno.EHOSTDOWN, errno.EACCES,
-    errno.EPROTO, errno.ENETDOWN})
 
 
 def discard_queue(sock: socket.socket) -> int:
@@ -296,12 +282,12 @@ def discard_queue(sock: socket.socket) -> int:
 
 
 def _discard(sock: socket.socket) -> int:
-    buffer = bytearray(65536)  # a merged receive or the largest datagram
+    buffer = bytearray(GRO_BUFFER)  # a merged receive or the largest datagram
     count = 0
     for _ in range(_DISCARD_LIMIT):
         try:
             length, ancdata, _, _ = sock.recvmsg_into(
-                [buffer], _CONTROL_SIZE, socket.MSG_DONTWAIT | socket.MSG_TRUNC)
+                [buffer], CONTROL_SIZE, socket.MSG_DONTWAIT | socket.MSG_TRUNC)
         except BlockingIOError:
             break
         except OSError as e:  # an ICMP error left pending by a send, not a datagram

@@ -12,15 +12,14 @@ import socket
 import time
 from typing import List, Optional, Tuple
 
-from udp_reader._sender import BatchSender
-from udp_reader.options import MAX_PAYLOAD, MAX_PAYLOAD_V6
+from udp_reader._constants import GSO_SEGMENTS, MAX_PAYLOAD, MAX_PAYLOAD_V6
+from udp_reader._loadgen import BatchSender
 from udp_reader.sockets import UDP_SEGMENT, Address, parse_address
 
 log = logging.getLogger("udp_reader")
 
 BATCH = 64
 SEQ_BYTES = 8
-GSO_SEGMENTS = 64  # datagrams per GSO message; every kernel with UDP_SEGMENT takes 64
 PAYLOAD_KINDS = ("seq", "random")
 RANDOM_POOL = 4 << 20  # random bytes that random payloads are cut from
 

@@ -1,11 +1,13 @@
 # cython: language_level=3, boundscheck=False, wraparound=False
-"""The compiled send path of `udp-reader send`: sendmmsg batches."""
+"""The load generator's compiled send path (`udp-reader send` and bench):
+sendmmsg batches."""
 
 from cpython.buffer cimport PyBuffer_FillInfo
 from libc.stdint cimport uint32_t, uint64_t
 from libc.stdlib cimport malloc, free
 
-from udp_reader.sender cimport *
+from udp_reader.constants cimport UR_MAX_BATCH
+from udp_reader.loadgen cimport *
 
 import os
 
@@ -18,15 +20,15 @@ cdef class BatchSender:
     each, `batch` of them, back to back); with seq=True, send() stamps each
     datagram's first 8 bytes with its sequence number.
     """
-    cdef ur_sender _s
+    cdef ur_loadgen _s
     cdef bint _ready
     cdef object _sock
     cdef uint32_t *_lengths
 
     def __init__(self, sock, unsigned batch, size_t slot):
-        if not 1 <= batch <= 1024:
-            raise ValueError(f"batch must be within 1..1024, not {batch}")
-        if ur_sender_init(&self._s, batch, slot) < 0:
+        if not 1 <= batch <= UR_MAX_BATCH:
+            raise ValueError(f"batch must be within 1..{UR_MAX_BATCH}, not {batch}")
+        if ur_loadgen_init(&self._s, batch, slot) < 0:
             raise MemoryError()
         self._ready = True
         self._lengths = <uint32_t *>malloc(batch * sizeof(uint32_t))
@@ -36,7 +38,7 @@ cdef class BatchSender:
 
     def __dealloc__(self):
         if self._ready:
-            ur_sender_free(&self._s)
+            ur_loadgen_free(&self._s)
         free(self._lengths)
 
     def __getbuffer__(self, Py_buffer *view, int flags):
@@ -63,7 +65,7 @@ cdef class BatchSender:
                 raise ValueError(f"length {lengths[i]} exceeds the slot of {self._s.slot}")
             self._lengths[i] = lengths[i]
         with nogil:
-            n = ur_sender_send(&self._s, fd, NULL, 0, self._lengths, count, seq, first,
+            n = ur_loadgen_send(&self._s, fd, NULL, 0, self._lengths, count, seq, first,
                                segment)
         if n < 0:
             raise OSError(-n, f"sendmmsg: {os.strerror(-n)}")

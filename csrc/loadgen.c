@@ -1,12 +1,12 @@
 #define _GNU_SOURCE
-#include "sender.h"
+#include "loadgen.h"
 
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 
-int ur_sender_init(ur_sender *s, unsigned batch, size_t slot)
+int ur_loadgen_init(ur_loadgen *s, unsigned batch, size_t slot)
 {
     memset(s, 0, sizeof *s);
     s->batch = batch;
@@ -15,13 +15,13 @@ int ur_sender_init(ur_sender *s, unsigned batch, size_t slot)
     s->iov = calloc(batch, sizeof *s->iov);
     s->payloads = calloc(batch, slot ? slot : 1);
     if (!s->msgs || !s->iov || !s->payloads) {
-        ur_sender_free(s);
+        ur_loadgen_free(s);
         return -ENOMEM;
     }
     return 0;
 }
 
-void ur_sender_free(ur_sender *s)
+void ur_loadgen_free(ur_loadgen *s)
 {
     free(s->msgs);
     free(s->iov);
@@ -37,7 +37,7 @@ static void put_le64(unsigned char *p, uint64_t v)
         p[i] = (unsigned char)(v >> (8 * i));
 }
 
-int ur_sender_send(ur_sender *s, int fd, const struct sockaddr *dst,
+int ur_loadgen_send(ur_loadgen *s, int fd, const struct sockaddr *dst,
                    unsigned dstlen, const uint32_t *lengths, unsigned count,
                    int stamp_seq, uint64_t seq, uint32_t segment)
 {

@@ -1,4 +1,4 @@
-"""Type stub for the compiled send path (src/udp_reader/_sender.pyx)."""
+"""Type stub for the load generator's compiled send path (src/udp_reader/_loadgen.pyx)."""
 
 import socket
 from typing import Sequence

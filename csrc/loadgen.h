@@ -1,7 +1,7 @@
 /* The load generator's send path: sendmmsg() over messages prepared once.
  * Plain C, no Python. */
-#ifndef UDP_READER_SENDER_H
-#define UDP_READER_SENDER_H
+#ifndef UDP_READER_LOADGEN_H
+#define UDP_READER_LOADGEN_H
 
 #include <stddef.h>
 #include <stdint.h>
@@ -10,16 +10,16 @@ struct mmsghdr;
 struct iovec;
 struct sockaddr;
 
-typedef struct ur_sender {
+typedef struct ur_loadgen {
     unsigned batch;         /* datagrams per sendmmsg call */
     size_t slot;            /* payload bytes reserved per datagram */
     struct mmsghdr *msgs;
     struct iovec *iov;
     unsigned char *payloads; /* batch * slot bytes, filled by the caller */
-} ur_sender;
+} ur_loadgen;
 
-int ur_sender_init(ur_sender *s, unsigned batch, size_t slot);
-void ur_sender_free(ur_sender *s);
+int ur_loadgen_init(ur_loadgen *s, unsigned batch, size_t slot);
+void ur_loadgen_free(ur_loadgen *s);
 
 /* Send message i (i < count <= batch) of lengths[i] bytes from payload
  * slot i to `dst` (NULL for a connected socket). With stamp_seq, the first
@@ -27,7 +27,7 @@ void ur_sender_free(ur_sender *s);
  * (little-endian); with `segment` (UDP_SEGMENT set on the socket) a message
  * is a run of datagrams of that size, each stamped. Returns how many
  * messages were sent, or -errno. */
-int ur_sender_send(ur_sender *s, int fd, const struct sockaddr *dst,
+int ur_loadgen_send(ur_loadgen *s, int fd, const struct sockaddr *dst,
                    unsigned dstlen, const uint32_t *lengths, unsigned count,
                    int stamp_seq, uint64_t seq, uint32_t segment);
 
