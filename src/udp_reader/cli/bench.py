@@ -15,6 +15,7 @@ import time
 from typing import Callable, Dict, List, Optional
 
 from udp_reader import Reader, multicast, sockets
+from udp_reader._constants import CONTROL_SIZE
 from udp_reader.cli.send import LoadGenerator
 
 RCVBUF = 512 << 20
@@ -106,7 +107,7 @@ def python_recvmsg(queue: Queue) -> Drain:
 
     def drain():
         for _ in range(count):
-            recvmsg(2048, 256)
+            recvmsg(2048, CONTROL_SIZE)
     return drain
 
 

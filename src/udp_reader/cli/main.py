@@ -14,6 +14,7 @@ import threading
 from typing import Callable, NoReturn, Optional, Sequence
 
 from udp_reader import Reader, __version__, multicast, sockets
+from udp_reader._constants import GSO_SEGMENTS
 from udp_reader.errors import describe
 from udp_reader.options import DEFAULT_BATCH, DEFAULT_RCVBUF, MAX_PAYLOAD
 from udp_reader.cli import serve_flags
@@ -429,7 +430,7 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("--payload", default="seq", metavar="seq|random|@FILE",
                       help="seq: an 8-byte little-endian sequence number first (default)")
     send.add_argument("--gso", action="store_true",
-                      help="send 64 datagrams per system call with UDP_SEGMENT (one --size)")
+                      help=f"send {GSO_SEGMENTS} datagrams per system call with UDP_SEGMENT (one --size)")
     send.set_defaults(func=cmd_send)
 
     bench = sub.add_parser(

@@ -23,7 +23,7 @@ import numpy as np
 
 from udp_reader import Stats, sockets
 from udp_reader._core import _batch_of
-from udp_reader.options import DEFAULT_BATCH, DEFAULT_RCVBUF
+from udp_reader.options import DEFAULT_BATCH, DEFAULT_RCVBUF, MAX_BATCH
 from udp_reader.watch import filter as bpf
 from udp_reader.watch.frames import RECORD_FIELDS, parse, record_struct
 
@@ -83,8 +83,8 @@ class Watcher:
         host, port = sockets.parse_address(address)
         if port == 0:
             raise ValueError("address: a watcher needs the port to watch, not 0")
-        if not 1 <= batch_size <= 1024:
-            raise ValueError(f"batch_size must be within 1..1024, not {batch_size}")
+        if not 1 <= batch_size <= MAX_BATCH:
+            raise ValueError(f"batch_size must be within 1..{MAX_BATCH}, not {batch_size}")
         try:
             code, _ = bpf.for_address(host, port)
         except ValueError:
