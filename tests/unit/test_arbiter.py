@@ -178,7 +178,7 @@ class Master:
         self.arbiter = Arbiter(config, processes=self.processes,  # type: ignore[arg-type]
                                now=self.now)
         shared = FakeListener() if config.shared else None
-        self.arbiter.slots = [Slot(i, shared or FakeListener()) for i in range(workers)]
+        self.arbiter.group.slots = [Slot(i, shared or FakeListener()) for i in range(workers)]
 
     # -- driving the loop -------------------------------------------------------------
 
@@ -203,7 +203,7 @@ class Master:
         """Through STARTING: every first worker ready and reading."""
         self.step()
         first = self.new_workers()
-        assert len(first) == len(self.arbiter.slots)
+        assert len(first) == len(self.arbiter.group.slots)
         for w in first:
             w.say(ready=True)
         self.step()
@@ -212,7 +212,7 @@ class Master:
         return first
 
     def slot(self, index: int = 0):
-        return next(s for s in self.arbiter.slots if s.index == index)
+        return next(s for s in self.arbiter.group.slots if s.index == index)
 
     def close(self) -> None:
         for w in self.processes.started:
@@ -276,7 +276,7 @@ def test_hup_during_start_is_ignored(master):
     m.step()
     assert m.arbiter.generation == 0 and not m.arbiter.restarting
     assert m.new_workers() == []  # no restart followed
-    assert [s.reader for s in m.arbiter.slots] == [w.process for w in first]
+    assert [s.reader for s in m.arbiter.group.slots] == [w.process for w in first]
     assert m.arbiter.events["restarts"] == 0
 
 
@@ -353,7 +353,7 @@ def test_ttin_during_usr2_is_refused(master):
     m.step()
     m.signal(signal.SIGTTIN)
     m.step()
-    assert m.arbiter.target == 1 and len(m.arbiter.slots) == 1
+    assert m.arbiter.group.target == 1 and len(m.arbiter.group.slots) == 1
     assert m.new_workers() == []
 
 
@@ -363,16 +363,16 @@ def test_ttou_is_refused_while_another_master_holds_the_sockets(master):
     m.signal(signal.SIGUSR2)
     m.step()
     m.signal(signal.SIGTTOU)
-    assert m.arbiter.target == 2 and len(m.arbiter.slots) == 2
-    assert m.arbiter.drains == []
+    assert m.arbiter.group.target == 2 and len(m.arbiter.group.slots) == 2
+    assert m.arbiter.group.drains == []
 
 
 def test_ttou_without_another_holder_drains_the_highest_slot(master):
     m = master(workers=2)
     first = m.start()
     m.signal(signal.SIGTTOU)
-    assert m.arbiter.target == 1 and [s.index for s in m.arbiter.slots] == [0]
-    (drain,) = m.arbiter.drains
+    assert m.arbiter.group.target == 1 and [s.index for s in m.arbiter.group.slots] == [0]
+    (drain,) = m.arbiter.group.drains
     assert drain.state is SlotState.DRAINING and drain.listener.shed
     assert first[1].commands() == ["go", "drain"]
 
@@ -482,8 +482,8 @@ def test_a_rolling_restart_aborts_when_a_new_worker_cannot_start(master):
     assert m.arbiter.events["restarts_aborted"] == 1 and not m.arbiter.restarting
     (other,) = m.new_workers()  # slot 0's started, then dismissed
     assert other.commands() == ["quit"] and other.proc.signals == [signal.SIGKILL]
-    assert all(s.state is SlotState.SERVING for s in m.arbiter.slots)
-    assert [s.reader for s in m.arbiter.slots] == [w.process for w in first]
+    assert all(s.state is SlotState.SERVING for s in m.arbiter.group.slots)
+    assert [s.reader for s in m.arbiter.group.slots] == [w.process for w in first]
     m.step(60)
     assert m.new_workers() == []  # nothing left to restart
 

@@ -37,17 +37,17 @@ import os
 import selectors
 import signal
 import socket
-from typing import Callable, Deque, Dict, Iterator, List, Optional, Tuple
+from typing import Callable, Deque, Dict, Optional, Tuple
 
 from udp_reader import handoff, sockets, systemd
-from udp_reader.serve import clock, counters, foreground, privileges, protocol, report
-from udp_reader.serve import sources, statusfile, steering
+from udp_reader.serve import clock, counters, deadlines, foreground, privileges, protocol
+from udp_reader.serve import report, sources, statusfile
 from udp_reader.serve import metrics  # --metrics
 from udp_reader.serve.config import EXACT_TTIN, EXACT_TTOU, Config
 from udp_reader.serve.errors import StartError, one_line
 from udp_reader.serve.exits import ExitCause, exit_reason
+from udp_reader.serve.group import Group
 from udp_reader.serve.holders import Holders
-from udp_reader.serve.listeners import Listener
 from udp_reader.serve.orders import WorkerOrders
 from udp_reader.serve.phase import Phase, Stop
 from udp_reader.serve.pidfile import PidFile
@@ -62,8 +62,6 @@ log = logging.getLogger("udp_reader")
 
 TICK = 0.1              # longest the loop sleeps
 HANDOVER_WAIT = 1.0     # longest a ready worker waits for its predecessor to let go
-KILL_GRACE = 2.0        # past --graceful-timeout before a leaving worker is killed
-FAST_STOP = 5.0         # longest a fast stop waits before it kills
 
 
 class Arbiter:
@@ -78,14 +76,10 @@ class Arbiter:
         self.restarting = False   # a rolling restart (HUP) is under way
         self.upgrade_asked = False  # USR2: done once no restart is under way
         self.interrupts = 0
-        self.shared = config.shared
-        self.slots: List[Slot] = []
-        self.drains: List[Slot] = []     # left the group, queue still to read
+        self.group = Group(config)  # the port's slots
         self.workers: Dict[int, WorkerProcess] = {}
-        self.target = config.workers
         self.generation = 0       # of rolling restarts: a reader of an older one is replaced
         self.handover_deadline = NEVER  # HANDOVER: read by then, the old master gone or not
-        self.port: Optional[int] = None
         self.address = ""
         self.credentials: Optional[privileges.Credentials] = None
         self.signals: Deque[int] = collections.deque()
@@ -101,8 +95,6 @@ class Arbiter:
         self.kernel_drops = 0
         self.next_watch = 0.0
         self.notified = ""  # the last STATUS= line told the service manager
-        self.cpus = sorted(os.sched_getaffinity(0))
-        self.steered_for = 0
         self.metrics: Optional[metrics.MetricsServer] = None  # --metrics
         self.latest: Optional[Snapshot] = None  # last published; the metrics thread reads it
         self.handlers: Dict[int, Callable[[], None]] = {
@@ -132,7 +124,7 @@ class Arbiter:
         try:
             if c.pid_file:
                 try:
-                    self.pid_file = PidFile(c.pid_file)
+                    self.pid_file = self.holders.pid_file = PidFile(c.pid_file)
                 except OSError as e:
                     raise StartError(f"cannot write pid file {c.pid_file}: "
                                      f"{e.strerror or e}") from None
@@ -166,8 +158,8 @@ class Arbiter:
             self.holders.add_peer(opened.peer)
         if opened.predecessor is not None:
             self.holders.watch_predecessor(opened.predecessor)
-        self.slots, self.shared = opened.slots, opened.shared
-        self.target, self.port = opened.target, opened.port
+        self.group.slots, self.group.shared = opened.slots, opened.shared
+        self.group.target, self.group.port = opened.target, opened.port
 
     def _loop(self) -> int:
         while True:
@@ -184,7 +176,7 @@ class Arbiter:
             handler = self.handlers.get(self.signals.popleft())
             if handler is not None:
                 handler()
-        self._check_new_master()
+        self.holders.check_new_master()
         now = self.now()
         if self.phase is not Phase.STOPPING:
             self._advance(now)
@@ -209,7 +201,7 @@ class Arbiter:
                     pass
             elif data == "handoff":
                 assert self.handoff_server is not None
-                self.holders.offer(self.handoff_server, self._handed())
+                self.holders.offer(self.handoff_server, self.group.handed())
             elif data == "predecessor":
                 carried = self.holders.predecessor_left()
                 if carried is not None:
@@ -231,7 +223,7 @@ class Arbiter:
         if not self.restarting:
             self.restarting = True
             systemd.notify_reloading()
-        log.info("rolling restart of %d worker(s)", len(self.slots))
+        log.info("rolling restart of %d worker(s)", len(self.group.slots))
 
     def handle_term(self) -> None:
         self._stop_service(signal.SIGTERM, Stop.GRACEFUL)
@@ -251,21 +243,22 @@ class Arbiter:
             # here would leave with us.
             log.warning("TTIN ignored: an upgrade is under way; send it to the new master "
                         "once it is ready")
-        elif self.config.steer == "cpu" and self.target >= len(self.cpus):
-            log.warning("TTIN ignored: --steer cpu runs one worker per CPU (%d)", len(self.cpus))
+        elif not self.group.may_grow():
+            log.warning("TTIN ignored: --steer cpu runs one worker per CPU (%d)",
+                        len(self.group.cpus))
         else:
-            self.target += 1
+            self.group.target += 1
 
     def handle_ttou(self) -> None:
         if self.phase is Phase.STOPPING:
             return
-        if self.target <= 1:
+        if self.group.target <= 1:
             log.warning("TTOU ignored: one worker is the fewest")
-        elif not self.shared and self.holders.co_held():
+        elif not self.group.shared and self.holders.co_held():
             log.warning("TTOU ignored: another master holds these sockets too; "
                         "ask again once it is gone")
         else:
-            self.target -= 1
+            self.group.target -= 1
 
     def handle_usr2(self) -> None:
         if self.holders.new_master is not None:
@@ -274,30 +267,15 @@ class Arbiter:
             self.upgrade_asked = True  # done once no restart is under way
 
     def _stop_service(self, sig: int, how: Stop) -> None:
-        """TERM, INT or QUIT. During an upgrade it is the service's stop:
-        the new master gets the same signal. One not yet ready never read,
-        so this master is the only one serving again and drains as usual."""
-        new_master = self.holders.new_master
-        if new_master is not None:
-            log.info("a stop during an upgrade: passing %s to the new master %d",
-                     signal.Signals(sig).name, new_master.pid)
-            try:
-                # INT as TERM: from a terminal the new master may get the
-                # INT itself too, and two INTs would make its stop fast.
-                new_master.send_signal(signal.SIGTERM if sig == signal.SIGINT else sig)
-            except ProcessLookupError:
-                pass
-            if not self.holders.new_master_ready:
-                self.holders.abandon_new_master()
-                if self.pid_file is not None:
-                    self.pid_file.restore()
+        """TERM, INT or QUIT; during an upgrade, the new master's too."""
+        self.holders.pass_stop(sig)
         self._begin_stop(how)
 
     # -- advancing slots -------------------------------------------------------------
 
     def _advance(self, now: float) -> None:
         if self.phase is Phase.STARTING and all(
-                s.incoming is not None and s.incoming.state is State.READY for s in self.slots):
+                s.incoming is not None and s.incoming.state is State.READY for s in self.group.slots):
             self._all_ready(now)
         if self.phase is Phase.HANDOVER and (not self.holders.predecessor_here
                                              or now >= self.handover_deadline):
@@ -306,23 +284,25 @@ class Arbiter:
                             HANDOVER_WAIT)
             self.phase = Phase.RUNNING
         if self.phase is Phase.RUNNING:
-            self._resize()
-        for slot in self.slots + self.drains:
+            self.group.resize(now + self._leave_limit(), now + deadlines.FAST_STOP)
+        for slot in self.group.every():
             self._advance_slot(slot, now)
-        self._steer()
+        self.group.steer()
         if self.phase is not Phase.RUNNING:
             return
-        if not self.announced and all(s.reader is not None for s in self.slots):
+        if not self.announced and all(s.reader is not None for s in self.group.slots):
             self._announce()
         settled = all(s.state is SlotState.SERVING and s.reader is not None
-                      and s.reader.generation == self.generation for s in self.slots)
+                      and s.reader.generation == self.generation for s in self.group.slots)
         if settled and self.restarting:
             self.restarting = False
             self.events["restarts"] += 1
             log.info("rolling restart complete")
             systemd.notify("READY=1", self._serving_line())
         if settled and self.upgrade_asked:
-            self._upgrade()
+            self.upgrade_asked = False
+            self.holders.start_new_master(self.processes, self.config.argv, self.group.handed(),
+                                          self.group.target)
 
     def _advance_slot(self, slot: Slot, now: float) -> None:
         old, new = slot.reader, slot.incoming
@@ -346,7 +326,7 @@ class Arbiter:
     def _spawn(self, slot: Slot) -> None:
         c = self.config
         orders = WorkerOrders.for_slot(c, self.credentials,
-                                       self._cpu(slot) if c.steer == "cpu" else None)
+                                       self.group.cpu(slot) if c.steer == "cpu" else None)
         try:
             worker = self.processes.spawn_worker(slot.listener, slot.index, self.generation,
                                                  orders, c.start_timeout)
@@ -363,34 +343,18 @@ class Arbiter:
         slot left the group)."""
         new = slot.incoming
         assert new is not None
-        if slot.listener.unbound is not None:
-            try:
-                if self.config.steer == "cpu":
-                    steering.prefer_cpu(slot.listener.sock, self._cpu(slot))
-                self.port = slot.listener.bind(self.port)
-            except OSError as e:
-                self._forget_incoming(slot)
-                self._start_failed(slot, one_line(e))
-                return
+        try:
+            self.group.bind(slot)
+        except OSError as e:
+            slot.forget_incoming(self.now() + deadlines.FAST_STOP)
+            self._start_failed(slot, one_line(e))
+            return
         if slot.draining:
             new.tell(protocol.DRAIN, State.LEAVING, self.now() + self._leave_limit())
         else:
             new.tell(protocol.GO, State.SERVING, NEVER)
         slot.take_turn()
         log.info("worker %d ready on %s", new.pid, slot)
-
-    def _forget_incoming(self, slot: Slot) -> None:
-        """Stop an incoming worker that has not read anything; it exits unattached."""
-        if slot.incoming is not None:
-            self._dismiss(slot.incoming)
-            slot.incoming_gone()
-
-    def _dismiss(self, worker: WorkerProcess) -> None:
-        """End a worker that never read: one still importing is killed, as
-        it cannot hear a command yet."""
-        if worker.state is State.STARTING:
-            worker.kill()
-        worker.tell(protocol.QUIT, State.LEAVING, self.now() + FAST_STOP)
 
     def _start_failed(self, slot: Slot, why: str) -> None:
         """A worker for `slot` could not start (it is no longer the slot's)."""
@@ -410,103 +374,26 @@ class Arbiter:
             else:
                 log.error("%s; %r carries on", why, slot.reader)
             slot.backoff.failed(self.now())  # a worker due for replacement (--max-packets) waits
-            for other in self.slots:  # the running workers are current again
+            for other in self.group.slots:  # the running workers are current again
                 if other.state is SlotState.HANDING_OVER:
-                    self._forget_incoming(other)
+                    other.forget_incoming(self.now() + deadlines.FAST_STOP)
                 if other.reader is not None:
                     other.reader.generation, other.reader.replace_due = self.generation, False
         elif outcome is AfterFailedStart.REMOVE:
             log.error("%s; the running workers carry on", why)
-            self.slots.remove(slot)
-            self.target = len(self.slots)
-            if not self.shared:
-                slot.listener.close(discard=False)
+            self.group.remove(slot)
         else:
             self._retry_later(slot, why)
-            if not self.shared and self.holders.may_shed(slot.listener) and any(
-                    s.reader is not None for s in self.slots):
-                self._off_port(slot)
-
-    def _off_port(self, slot: Slot) -> None:
-        """Nobody reads the slot: take its socket out of the group so the
-        others get its traffic; a worker drains it once one can start."""
-        try:
-            listener = sources.new_listener(self.config)
-            try:
-                self._to_drains(slot)
-            except OSError:
-                listener.close(discard=False)
-                raise
-        except OSError as e:  # out of descriptors: it stays, and is retried
-            log.error("cannot take %s off the port: %s; it stays, its queue waiting "
-                      "for a worker", slot, one_line(e))
-            return
-        log.warning("%s leaves the port; its queue waits for a worker to drain it", slot)
-        self.slots.append(slot.replacement(listener))
+            if not self.group.shared and self.holders.may_shed(slot.listener) and any(
+                    s.reader is not None for s in self.group.slots):
+                self.group.off_port(slot, self.now() + self._leave_limit())
 
     def _retry_later(self, slot: Slot, why: str) -> None:
         delay = slot.backoff.failed(self.now())
         log.error("%s; %s has no reader, trying again in %.0f s", why, slot, delay)
 
-    def _to_drains(self, slot: Slot) -> None:
-        """Raises OSError (out of descriptors for the throwaway peer) before
-        anything changed."""
-        slot.listener.leave_group()
-        self.slots.remove(slot)
-        slot.drain()
-        self.drains.append(slot)
-        if slot.reader is not None and slot.reader.state is State.SERVING:
-            slot.reader.tell(protocol.DRAIN, State.LEAVING, self.now() + self._leave_limit())
-
-    def _resize(self) -> None:
-        """To the target TTIN and TTOU set: a new slot takes the lowest free
-        number; the highest goes, its socket drained (or, shared, its worker
-        retired)."""
-        while len(self.slots) < self.target:
-            try:
-                listener = (self.slots[0].listener if self.shared
-                            else sources.new_listener(self.config))
-            except OSError as e:
-                log.error("cannot open a socket for a new worker: %s", e.strerror or e)
-                self.target = len(self.slots)
-                return
-            used = {s.index for s in self.slots}
-            self.slots.append(Slot(min(set(range(len(used) + 1)) - used), listener))
-        while len(self.slots) > self.target:
-            slot = max(self.slots, key=lambda s: s.index)
-            self._forget_incoming(slot)
-            if self.shared or slot.listener.unbound is not None:
-                self.slots.remove(slot)
-                if slot.reader is not None:
-                    slot.reader.tell(protocol.RETIRE, State.LEAVING,
-                                     self.now() + self._leave_limit())
-                if not self.shared:
-                    slot.listener.close(discard=False)
-            else:
-                try:
-                    self._to_drains(slot)
-                except OSError as e:
-                    log.error("TTOU not done: cannot take %s off the port: %s", slot, one_line(e))
-                    self.target = len(self.slots)
-                    return
-
-    def _cpu(self, slot: Slot) -> int:
-        return self.cpus[slot.index % len(self.cpus)]
-
-    def _steer(self) -> None:
-        """--steer spread: the group's program deals over every socket in
-        it (shed ones included until closed: the kernel passes a datagram
-        the program gives a shed socket on to the others)."""
-        if self.config.steer != "spread":
-            return
-        group = [listener for _, listener in self.listeners() if listener.unbound is None]
-        if group and len(group) != self.steered_for:
-            steering.spread(group[0].sock, len(group))
-            self.steered_for = len(group)
-            log.info("datagrams dealt at random over %d socket(s)", len(group))
-
     def _all_ready(self, now: float) -> None:
-        for slot in self.slots:
+        for slot in self.group.slots:
             slot.served = True  # from here on a failed worker is replaced, not given up
         if self.holders.predecessor_here:
             self.holders.tell_predecessor_to_leave()
@@ -521,10 +408,10 @@ class Arbiter:
         if self.handoff_path is not None:
             self.handoff_server = handoff.HandoffServer(self.handoff_path)
             self.selector.register(self.handoff_server.fileno(), selectors.EVENT_READ, "handoff")
-        host, port = self.slots[0].listener.sock.getsockname()[:2]
+        host, port = self.group.slots[0].listener.sock.getsockname()[:2]
         self.address = sockets.format_address(host, port)
         log.info("serving %s on %s with %d worker(s)%s", self.config.handler, self.address,
-                 len(self.slots), " on one shared socket" if self.shared else "")
+                 len(self.group.slots), " on one shared socket" if self.group.shared else "")
         systemd.notify("READY=1", self._serving_line(), f"MAINPID={os.getpid()}")
         self._publish()
         if self.metrics is not None:
@@ -548,7 +435,7 @@ class Arbiter:
         counts = {k: v for k, v in worker.stats.items() if isinstance(v, int)}
         self.totals.update(counts)
         self.past[worker.slot].update(counts)
-        slot = next((s for s in self.slots + self.drains
+        slot = next((s for s in self.group.every()
                      if worker in (s.reader, s.incoming)), None)
         lost = self._held(worker)
         if slot is not None and slot.incoming is worker:
@@ -568,7 +455,7 @@ class Arbiter:
             log.info("%r left after delivering %s packet(s)", worker,
                      worker.stats.get("delivered", "?"))
             if slot is not None and slot.draining:
-                self._drained(slot)
+                self.group.drained(slot)
             return
         if worker.state is State.KILLED:
             self.events[ExitCause.KILLED.event] += 1
@@ -598,54 +485,13 @@ class Arbiter:
         return (f"; up to {self.config.reader.batch_size} {unit} it had taken but not "
                 "handled may be lost")
 
-    def _drained(self, slot: Slot) -> None:
-        self.drains.remove(slot)
-        left = slot.listener.close(discard=True)
-        if left:
-            log.warning("%d datagram(s) still queued on the socket %s left were discarded",
-                        left, slot)
-
     def _check_deadlines(self, now: float) -> None:
         for worker in self.workers.values():
             worker.read_status()  # what came while the master was busy or paused counts
-        for worker in list(self.workers.values()):
-            if worker.state is State.SERVING:
-                self._check_serving(worker, now)
-            if now < worker.deadline:
-                continue
-            if worker.state is State.STARTING:
-                worker.error = f"not ready within {self.config.start_timeout:g} s"
-                worker.kill()
-                worker.deadline = NEVER
-            elif worker.state is State.LEAVING:
-                log.error("%r did not leave within %g s; its stack follows, then SIGKILL",
-                          worker, self._leave_limit())
-                worker.dump_and_kill(now)
-            elif worker.state is State.KILLED:
-                worker.kill()
-                worker.deadline = NEVER
-
-    def _check_serving(self, worker: WorkerProcess, now: float) -> None:
-        """--timeout: a handler call that does not return, or a worker that
-        stopped talking (its link thread starved); --max-packets."""
-        timeout = self.config.timeout
-        if timeout:
-            busy = worker.stats.get("busy_for", 0)
-            silent = now - worker.last_heard - protocol.STATS_INTERVAL
-            if busy > timeout or silent > timeout:
-                log.error("%r: its handler has not returned for %.0f s (--timeout %g); "
-                          "its stack follows, then SIGKILL", worker, max(busy, silent), timeout)
-                worker.dump_and_kill(now)
-                return
-        if worker.recycle and not worker.replace_due:
-            log.info("%r handled %d packets (--max-packets); replacing it", worker,
-                     worker.stats.get("delivered", 0))
-            worker.replace_due = True  # its slot passes to a new worker
+        deadlines.enforce(list(self.workers.values()), now, self.config, self.stop)
 
     def _leave_limit(self) -> float:
-        if self.stop is Stop.FAST:
-            return FAST_STOP
-        return self.config.graceful_timeout + KILL_GRACE
+        return deadlines.leave_limit(self.config, self.stop)
 
     # -- stopping ------------------------------------------------------------------------
 
@@ -660,8 +506,8 @@ class Arbiter:
         if first:
             systemd.notify("STOPPING=1")
         log.info("%s stop of %d worker(s)", how.value, len(self.workers))
-        for slot in self.slots + self.drains:
-            self._forget_incoming(slot)
+        for slot in self.group.every():
+            slot.forget_incoming(now + deadlines.FAST_STOP)
             listener, worker = slot.listener, slot.reader
             if fast or listener.unbound is not None:
                 continue
@@ -677,9 +523,9 @@ class Arbiter:
                             State.LEAVING, now + self._leave_limit())
         for worker in self.workers.values():
             if worker.state in (State.STARTING, State.READY):
-                self._dismiss(worker)
+                worker.dismiss(now + deadlines.FAST_STOP)
             elif fast:
-                worker.tell(protocol.QUIT, State.LEAVING, now + FAST_STOP)
+                worker.tell(protocol.QUIT, State.LEAVING, now + deadlines.FAST_STOP)
 
     def _finish(self) -> int:
         report.watch_drops(self)
@@ -693,7 +539,7 @@ class Arbiter:
         for worker in self.workers.values():  # left only by an error
             worker.kill()
             worker.close()
-        for slot, listener in self.listeners():
+        for slot, listener in self.group.listeners():
             left = listener.close(discard=self.holders.may_shed(listener))
             if left:
                 log.warning("%d datagram(s) still queued on the socket of %s were "
@@ -716,60 +562,15 @@ class Arbiter:
 
     # -- the upgrade (USR2) ----------------------------------------------------------------
 
-    def _handed(self) -> List[Tuple[int, socket.socket, bool]]:
-        """The sockets of the port's group, to hand to another master."""
-        listeners = [(slot, listener) for slot, listener in self.listeners(drains=False)
-                     if listener.unbound is None]
-        for _, listener in listeners:
-            listener.passed = True
-        return [(slot.index, listener.sock, listener.external) for slot, listener in listeners]
-
-    def _upgrade(self) -> None:
-        self.upgrade_asked = False
-        try:
-            new_master = self.processes.start_new_master(self.config.argv, self._handed(),
-                                                         self.target)
-        except OSError as e:
-            log.error("cannot start a new master: %s; this master carries on",
-                      e.strerror or e)
-            return
-        self.holders.new_master_started(new_master)
-        if self.pid_file is not None:
-            self.pid_file.set_aside()
-        log.info("upgrading: new master %d started", new_master.pid)
-
     def _new_master_spoke(self) -> None:
-        """A byte: the new master is ready and this one leaves. End of file
-        without one: it is exiting (_check_new_master tells why)."""
-        ready = self.holders.new_master_said_ready()
-        if ready and self.phase is not Phase.STOPPING:
+        if self.holders.new_master_said_ready() and self.phase is not Phase.STOPPING:
             assert self.holders.new_master is not None
             self.holders.new_master_ready = True
             log.info("the new master %d is ready; this master leaves",
                      self.holders.new_master.pid)
             self._begin_stop(Stop.GRACEFUL)
 
-    def _check_new_master(self) -> None:
-        gone = self.holders.new_master_exited()
-        if gone is None:
-            return
-        if self.holders.new_master_ready:
-            log.warning("the new master %d exited (%s)", gone.pid, exit_reason(gone.returncode))
-        else:
-            log.error("the new master exited (%s) before it was ready; this master carries on",
-                      exit_reason(gone.returncode))
-            if self.pid_file is not None:
-                self.pid_file.restore()
-
     # -- telling the operator ----------------------------------------------------------------
-
-    def listeners(self, drains: bool = True) -> Iterator[Tuple[Slot, Listener]]:
-        """Each socket we hold once, with the first slot that reads it."""
-        seen = set()
-        for slot in self.slots + (self.drains if drains else []):
-            if id(slot.listener) not in seen:
-                seen.add(id(slot.listener))
-                yield slot, slot.listener
 
     def _publish(self) -> None:
         if not self.announced or (self.pid_file is None and self.metrics is None):
@@ -783,7 +584,7 @@ class Arbiter:
 
     def _serving_line(self) -> str:
         # A slot whose reader hands over to its incoming worker still has a reader.
-        serving = sum(1 for s in self.slots if s.reader is not None)
+        serving = sum(1 for s in self.group.slots if s.reader is not None)
         return f"STATUS={serving} workers on {self.address}"
 
     def _notify_serving(self) -> None:

@@ -22,7 +22,7 @@ def carried(arbiter: "Arbiter") -> dict:
     return {
         "slots": {str(slot): dict(counts) for slot, counts in arbiter.past.items()},
         "socket_drops": {str(slot.index): listener.drops_seen
-                         for slot, listener in arbiter.listeners()},
+                         for slot, listener in arbiter.group.listeners()},
         "events": dict(arbiter.events),
         "kernel_drops": arbiter.kernel_drops,
     }
@@ -34,7 +34,7 @@ def carry_over(arbiter: "Arbiter", carried: dict) -> None:
         arbiter.past[slot].update(counts)
         arbiter.totals.update(counts)
     drops = _ints(carried.get("socket_drops"))
-    for slot, listener in arbiter.listeners():
+    for slot, listener in arbiter.group.listeners():
         listener.drops_seen += drops.get(str(slot.index), 0)
     arbiter.events.update(_ints(carried.get("events")))
     kernel_drops = carried.get("kernel_drops")

@@ -4,7 +4,8 @@ has left), the new master a USR2 started, and takeover peers (--handoff).
 While another holds them and goes on serving, no socket it holds is shed:
 taking one out of the group would take it out for them too. Each holder
 speaks through a descriptor the master's loop watches; what it says comes
-back to the arbiter as a return value, and the arbiter decides.
+back to the arbiter as a return value where the arbiter decides (a new
+master ready: this one stops; the old one gone: its counters carry over).
 """
 
 from __future__ import annotations
@@ -12,12 +13,16 @@ from __future__ import annotations
 import logging
 import os
 import selectors
+import signal
 import socket
 from typing import List, Optional, Sequence, Tuple
 
 from udp_reader import handoff
 from udp_reader.serve import upgrade
+from udp_reader.serve.exits import exit_reason
 from udp_reader.serve.listeners import Listener
+from udp_reader.serve.pidfile import PidFile
+from udp_reader.serve.processes import Processes
 
 log = logging.getLogger("udp_reader")
 
@@ -33,6 +38,7 @@ class Holders:
         self.new_master_ready = False
         self.abandoned: List[upgrade.NewMaster] = []  # new masters stopped before ready
         self.peers: List[socket.socket] = []
+        self.pid_file: Optional[PidFile] = None  # set aside while a new master takes over
 
     def co_held(self) -> bool:
         """Another master holds our sockets and goes on serving them: a
@@ -82,36 +88,69 @@ class Holders:
 
     # -- the master we upgrade to (USR2) --------------------------------------------
 
-    def new_master_started(self, new_master: upgrade.NewMaster) -> None:
+    def start_new_master(self, processes: Processes, argv: Sequence[str],
+                         handed: Sequence[Tuple[int, socket.socket, bool]],
+                         workers: int) -> None:
+        try:
+            new_master = processes.start_new_master(argv, handed, workers)
+        except OSError as e:
+            log.error("cannot start a new master: %s; this master carries on",
+                      e.strerror or e)
+            return
         self.new_master, self.new_master_fd = new_master, new_master.ready_fd
         self.selector.register(self.new_master_fd, selectors.EVENT_READ, "new master")
+        if self.pid_file is not None:
+            self.pid_file.set_aside()
+        log.info("upgrading: new master %d started", new_master.pid)
 
-    def new_master_said_ready(self) -> Optional[bool]:
-        """True: a byte, the new master is ready. False: end of file without
-        one, it is exiting (new_master_exited tells why). None: nothing yet."""
+    def new_master_said_ready(self) -> bool:
+        """A byte: the new master is ready. End of file without one: it is
+        exiting (check_new_master tells why)."""
         assert self.new_master_fd is not None
         try:
             ready = os.read(self.new_master_fd, 1)
         except BlockingIOError:
-            return None
+            return False
         self._close_new_master_fd()
         return bool(ready)
 
-    def new_master_exited(self) -> Optional[upgrade.NewMaster]:
-        """The new master, once it has exited (and is no longer ours)."""
+    def check_new_master(self) -> None:
+        """Has the new master exited? Before it was ready, this master is
+        the server again."""
         self.abandoned = [p for p in self.abandoned if p.poll() is None]
         if self.new_master is None or self.new_master.poll() is None:
-            return None
+            return
         self._close_new_master_fd()
-        gone, self.new_master = self.new_master, None
-        return gone
-
-    def abandon_new_master(self) -> None:
-        """Stopped before it was ready: it never read, and it is not waited for."""
-        assert self.new_master is not None
-        self._close_new_master_fd()
-        self.abandoned.append(self.new_master)
+        if self.new_master_ready:
+            log.warning("the new master %d exited (%s)", self.new_master.pid,
+                        exit_reason(self.new_master.returncode))
+        else:
+            log.error("the new master exited (%s) before it was ready; this master carries on",
+                      exit_reason(self.new_master.returncode))
+            if self.pid_file is not None:
+                self.pid_file.restore()
         self.new_master = None
+
+    def pass_stop(self, sig: int) -> None:
+        """TERM, INT or QUIT during an upgrade is the service's stop: the new
+        master gets it too. One not yet ready never read, so this master is
+        the only one serving again (and drains as usual)."""
+        if self.new_master is None:
+            return
+        log.info("a stop during an upgrade: passing %s to the new master %d",
+                 signal.Signals(sig).name, self.new_master.pid)
+        try:
+            # INT as TERM: from a terminal the new master may get the
+            # INT itself too, and two INTs would make its stop fast.
+            self.new_master.send_signal(signal.SIGTERM if sig == signal.SIGINT else sig)
+        except ProcessLookupError:
+            pass
+        if not self.new_master_ready:
+            self._close_new_master_fd()
+            self.abandoned.append(self.new_master)  # not waited for
+            self.new_master = None
+            if self.pid_file is not None:
+                self.pid_file.restore()
 
     def _close_new_master_fd(self) -> None:
         if self.new_master_fd is not None:

@@ -20,7 +20,7 @@ log = logging.getLogger("udp_reader")
 def snapshot(arbiter: "Arbiter") -> Snapshot:
     """Each slot's socket and workers, and counters that only grow."""
     slots = []
-    for slot in arbiter.slots + arbiter.drains:
+    for slot in arbiter.group.every():
         live = collections.Counter(arbiter.past[slot.index])
         for w in arbiter.workers.values():
             if w.slot == slot.index:
@@ -37,21 +37,21 @@ def snapshot(arbiter: "Arbiter") -> Snapshot:
               "new_master": holders.new_master.pid if holders.new_master is not None else None,
               "takeover_peers": len(holders.peers) or None}
     return Snapshot(pid=os.getpid(), address=arbiter.address, time=time.time(),
-                    phase=arbiter.phase.value, workers=arbiter.target, slots=slots,
+                    phase=arbiter.phase.value, workers=arbiter.group.target, slots=slots,
                     events=dict(arbiter.events), kernel_drops=arbiter.kernel_drops,
-                    shared=arbiter.shared,
+                    shared=arbiter.group.shared,
                     others={k: v for k, v in others.items() if v is not None})
 
 
 def watch_drops(arbiter: "Arbiter") -> None:
     """Count and log what the kernel dropped on each socket since the last look."""
-    for slot, listener in arbiter.listeners():
+    for slot, listener in arbiter.group.listeners():
         new = listener.new_drops()
         if new:
             arbiter.kernel_drops += new
-            where = "the shared socket" if arbiter.shared else f"the socket of {slot}"
+            where = "the shared socket" if arbiter.group.shared else f"the socket of {slot}"
             reader = f" (worker {slot.reader.pid})" if slot.reader else " (no reader)"
             unit = ("receive buffer(s) (with GRO, one holds up to 64 datagrams)"
                     if arbiter.config.reader.gro else "datagram(s)")
             log.warning("the kernel dropped %d %s on %s%s: its receive queue was full",
-                        new, unit, where, "" if arbiter.shared else reader)
+                        new, unit, where, "" if arbiter.group.shared else reader)

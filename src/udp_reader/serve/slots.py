@@ -126,6 +126,13 @@ class Slot:
         self._move("reader_gone")
         self.reader = None
 
+    def forget_incoming(self, deadline: float) -> None:
+        """Stop an incoming worker that has not read anything; it exits
+        unattached, by `deadline`."""
+        if self.incoming is not None:
+            self.incoming.dismiss(deadline)
+            self.incoming_gone()
+
     def drain(self) -> None:
         """The socket left the group: what it holds is read, then it closes."""
         self._move("drain")

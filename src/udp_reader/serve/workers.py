@@ -57,6 +57,13 @@ class WorkerProcess:
             pass  # it is exiting; reaping will tell
         self.state, self.deadline = state, deadline
 
+    def dismiss(self, deadline: float) -> None:
+        """End a worker that never read: one still importing is killed, as
+        it cannot hear a command yet."""
+        if self.state is State.STARTING:
+            self.kill()
+        self.tell(protocol.QUIT, State.LEAVING, deadline)
+
     def read_status(self) -> bool:
         """Take what the worker reported; False once its pipe is closed."""
         try:
