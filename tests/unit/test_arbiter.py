@@ -124,8 +124,8 @@ class FakeProcesses:
             raise OSError(11, "Resource temporarily unavailable")
         status_read, status_write = os.pipe2(os.O_NONBLOCK)
         control_read, control_write = os.pipe2(os.O_NONBLOCK)
-        process = WorkerProcess(FakeProc(), slot, generation, status_read, control_write,  # type: ignore[arg-type]
-                                self.now() + start_timeout)
+        process = WorkerProcess(FakeProc(), slot, generation,  # type: ignore[arg-type]
+                                status_read, control_write, self.now() + start_timeout)
         self.started.append(Worker(process, status_write, control_read))
         return process
 
@@ -277,7 +277,7 @@ def test_hup_during_start_is_ignored(master):
     assert m.arbiter.generation == 0 and not m.arbiter.restarting
     assert m.new_workers() == []  # no restart followed
     assert [s.reader for s in m.arbiter.group.slots] == [w.process for w in first]
-    assert m.arbiter.events["restarts"] == 0
+    assert m.arbiter.counts.events["restarts"] == 0
 
 
 def test_a_reader_crashing_during_a_baton_handover_leaves_the_new_worker_reading(master):
@@ -293,9 +293,9 @@ def test_a_reader_crashing_during_a_baton_handover_leaves_the_new_worker_reading
     m.step()
     assert new.commands() == ["go"]
     assert m.slot().state is SlotState.SERVING and m.slot().reader is new.process
-    assert m.arbiter.events["exits_crashed"] == 1
+    assert m.arbiter.counts.events["exits_crashed"] == 1
     m.step()
-    assert m.arbiter.events["restarts"] == 1 and not m.arbiter.restarting
+    assert m.arbiter.counts.events["restarts"] == 1 and not m.arbiter.restarting
 
 
 def test_an_incoming_worker_crashing_during_a_handover_aborts_the_restart(master):
@@ -307,8 +307,8 @@ def test_an_incoming_worker_crashing_during_a_handover_aborts_the_restart(master
     m.step()
     assert m.slot().state is SlotState.SERVING and m.slot().reader is old.process
     assert old.commands() == ["go"]  # never asked to let go
-    assert m.arbiter.events["restarts_aborted"] == 1 and not m.arbiter.restarting
-    assert m.arbiter.events["exits_failed_start"] == 1
+    assert m.arbiter.counts.events["restarts_aborted"] == 1 and not m.arbiter.restarting
+    assert m.arbiter.counts.events["exits_failed_start"] == 1
     m.step(60)
     assert m.new_workers() == []  # the old worker is current again
 
@@ -385,7 +385,7 @@ def test_a_worker_that_fails_by_itself_is_replaced_after_a_back_off(master):
     w.exit(protocol.EXIT_READER_FAILED)
     m.step()
     assert m.slot().state is SlotState.NO_READER
-    assert m.arbiter.events["exits_crashed"] == 1
+    assert m.arbiter.counts.events["exits_crashed"] == 1
     m.step(0.5)
     assert m.new_workers() == []  # backing off: 1 s
     m.step(0.6)
@@ -431,7 +431,7 @@ def test_a_replacement_not_ready_within_start_timeout_aborts_the_restart(master)
     assert new.proc.signals == [signal.SIGKILL]
     new.exit(-signal.SIGKILL)
     m.step()
-    assert m.arbiter.events["restarts_aborted"] == 1
+    assert m.arbiter.counts.events["restarts_aborted"] == 1
     assert m.slot().reader is old.process and old.state is State.SERVING
 
 
@@ -449,7 +449,7 @@ def test_timeout_kills_a_handler_that_does_not_return(master):
     assert w.proc.signals == [signal.SIGUSR2, signal.SIGKILL]
     w.exit(-signal.SIGKILL)
     m.step()
-    assert m.arbiter.events["exits_killed"] == 1
+    assert m.arbiter.counts.events["exits_killed"] == 1
     assert len(m.new_workers()) == 1  # replaced at once
 
 
@@ -469,8 +469,8 @@ def test_max_packets_passes_the_slot_to_a_new_worker(master):
     assert new.commands() == ["go"] and m.slot().reader is new.process
     old.exit(0)
     m.step()
-    assert m.arbiter.events["exits_left"] == 1
-    assert m.arbiter.past[0]["delivered"] == 100
+    assert m.arbiter.counts.events["exits_left"] == 1
+    assert m.arbiter.counts.past[0]["delivered"] == 100
     assert m.new_workers() == []  # the new one is current
 
 
@@ -479,7 +479,7 @@ def test_a_rolling_restart_aborts_when_a_new_worker_cannot_start(master):
     first = m.start()
     m.processes.refuse = {1}  # slot 1's new worker: the system says no
     m.signal(signal.SIGHUP)
-    assert m.arbiter.events["restarts_aborted"] == 1 and not m.arbiter.restarting
+    assert m.arbiter.counts.events["restarts_aborted"] == 1 and not m.arbiter.restarting
     (other,) = m.new_workers()  # slot 0's started, then dismissed
     assert other.commands() == ["quit"] and other.proc.signals == [signal.SIGKILL]
     assert all(s.state is SlotState.SERVING for s in m.arbiter.group.slots)

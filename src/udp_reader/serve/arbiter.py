@@ -89,10 +89,7 @@ class Arbiter:
         self.handoff_path: Optional[str] = None
         self.handoff_server: Optional[handoff.HandoffServer] = None
         self.holders = Holders(self.selector)
-        self.totals: collections.Counter = collections.Counter()
-        self.past: Dict[int, collections.Counter] = collections.defaultdict(collections.Counter)
-        self.events: collections.Counter = collections.Counter()  # starts, exits by cause
-        self.kernel_drops = 0
+        self.counts = counters.Counts()
         self.next_watch = 0.0
         self.notified = ""  # the last STATUS= line told the service manager
         self.metrics: Optional[metrics.MetricsServer] = None  # --metrics
@@ -205,7 +202,7 @@ class Arbiter:
             elif data == "predecessor":
                 carried = self.holders.predecessor_left()
                 if carried is not None:
-                    counters.carry_over(self, carried)
+                    self.counts.carry_over(carried, self.group.listeners())
             elif data == "new master":
                 self._new_master_spoke()
             elif isinstance(data, socket.socket):
@@ -274,8 +271,7 @@ class Arbiter:
     # -- advancing slots -------------------------------------------------------------
 
     def _advance(self, now: float) -> None:
-        if self.phase is Phase.STARTING and all(
-                s.incoming is not None and s.incoming.state is State.READY for s in self.group.slots):
+        if self.phase is Phase.STARTING and all(s.incoming_ready for s in self.group.slots):
             self._all_ready(now)
         if self.phase is Phase.HANDOVER and (not self.holders.predecessor_here
                                              or now >= self.handover_deadline):
@@ -296,7 +292,7 @@ class Arbiter:
                       and s.reader.generation == self.generation for s in self.group.slots)
         if settled and self.restarting:
             self.restarting = False
-            self.events["restarts"] += 1
+            self.counts.events["restarts"] += 1
             log.info("rolling restart complete")
             systemd.notify("READY=1", self._serving_line())
         if settled and self.upgrade_asked:
@@ -305,12 +301,12 @@ class Arbiter:
                                           self.group.target)
 
     def _advance_slot(self, slot: Slot, now: float) -> None:
-        old, new = slot.reader, slot.incoming
-        if new is None:
+        old = slot.reader
+        if slot.incoming is None:
             if slot.wants_worker(self.generation, now):
                 self._spawn(slot)
             return
-        if new.state is not State.READY or self.phase is not Phase.RUNNING:
+        if not slot.incoming_ready or self.phase is not Phase.RUNNING:
             return
         if old is None:
             self._take_turn(slot)
@@ -336,7 +332,7 @@ class Arbiter:
         self.workers[worker.pid] = worker
         self.selector.register(worker.status_fd, selectors.EVENT_READ, worker)
         slot.start(worker)
-        self.events["worker_starts"] += 1
+        self.counts.events["worker_starts"] += 1
 
     def _take_turn(self, slot: Slot) -> None:
         """The slot's incoming worker reads from now on (or drains, if the
@@ -369,7 +365,7 @@ class Arbiter:
             if self.restarting:
                 log.error("%s; rolling restart aborted, the running workers carry on", why)
                 self.restarting = False  # not complete: never reported as a restart
-                self.events["restarts_aborted"] += 1
+                self.counts.events["restarts_aborted"] += 1
                 systemd.notify("READY=1", self._serving_line())
             else:
                 log.error("%s; %r carries on", why, slot.reader)
@@ -432,14 +428,12 @@ class Arbiter:
             self.selector.unregister(worker.status_fd)
         worker.close()
         del self.workers[worker.pid]
-        counts = {k: v for k, v in worker.stats.items() if isinstance(v, int)}
-        self.totals.update(counts)
-        self.past[worker.slot].update(counts)
+        self.counts.worker_ended(worker)
         slot = next((s for s in self.group.every()
                      if worker in (s.reader, s.incoming)), None)
         lost = self._held(worker)
         if slot is not None and slot.incoming is worker:
-            self.events[ExitCause.FAILED_START.event] += 1
+            self.counts.events[ExitCause.FAILED_START.event] += 1
             slot.incoming_gone()
             self._start_failed(slot, "a new worker failed to start: "
                                + (worker.error or exit_reason(code)))
@@ -447,21 +441,21 @@ class Arbiter:
         if slot is not None:
             slot.reader_gone()
         if not worker.reads:
-            self.events[ExitCause.DISMISSED.event] += 1
+            self.counts.events[ExitCause.DISMISSED.event] += 1
             log.info("%r stopped before it read anything", worker)
             return
         if code == 0 and worker.state is State.LEAVING:
-            self.events[ExitCause.LEFT.event] += 1
+            self.counts.events[ExitCause.LEFT.event] += 1
             log.info("%r left after delivering %s packet(s)", worker,
                      worker.stats.get("delivered", "?"))
             if slot is not None and slot.draining:
                 self.group.drained(slot)
             return
         if worker.state is State.KILLED:
-            self.events[ExitCause.KILLED.event] += 1
+            self.counts.events[ExitCause.KILLED.event] += 1
             log.error("%r was killed%s", worker, lost)
             return
-        self.events[ExitCause.CRASHED.event] += 1
+        self.counts.events[ExitCause.CRASHED.event] += 1
         if slot is None or self.phase is Phase.STOPPING:
             log.error("%r failed while leaving (%s)%s", worker, exit_reason(code), lost)
             return
@@ -529,10 +523,10 @@ class Arbiter:
 
     def _finish(self) -> int:
         report.watch_drops(self)
-        t = self.totals
+        t = self.counts.totals
         log.info("stopped: %d received, %d delivered, %d filtered, %d kernel drops",
                  t["received"], t["delivered"], t["too_short"] + t["too_long"],
-                 self.kernel_drops)
+                 self.counts.kernel_drops)
         return 0
 
     def _close(self) -> None:
@@ -558,7 +552,7 @@ class Arbiter:
                 os.close(fd)
         self.selector.close()
         if self.holders.new_master is not None:  # an upgrade: it counts on from ours
-            self.holders.new_master.leave(counters.carried(self))
+            self.holders.new_master.leave(self.counts.carried(self.group.listeners()))
 
     # -- the upgrade (USR2) ----------------------------------------------------------------
 

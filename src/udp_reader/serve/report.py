@@ -21,7 +21,7 @@ def snapshot(arbiter: "Arbiter") -> Snapshot:
     """Each slot's socket and workers, and counters that only grow."""
     slots = []
     for slot in arbiter.group.every():
-        live = collections.Counter(arbiter.past[slot.index])
+        live = collections.Counter(arbiter.counts.past[slot.index])
         for w in arbiter.workers.values():
             if w.slot == slot.index:
                 live.update({k: v for k, v in w.stats.items() if isinstance(v, int)})
@@ -38,7 +38,8 @@ def snapshot(arbiter: "Arbiter") -> Snapshot:
               "takeover_peers": len(holders.peers) or None}
     return Snapshot(pid=os.getpid(), address=arbiter.address, time=time.time(),
                     phase=arbiter.phase.value, workers=arbiter.group.target, slots=slots,
-                    events=dict(arbiter.events), kernel_drops=arbiter.kernel_drops,
+                    events=dict(arbiter.counts.events),
+                    kernel_drops=arbiter.counts.kernel_drops,
                     shared=arbiter.group.shared,
                     others={k: v for k, v in others.items() if v is not None})
 
@@ -48,7 +49,7 @@ def watch_drops(arbiter: "Arbiter") -> None:
     for slot, listener in arbiter.group.listeners():
         new = listener.new_drops()
         if new:
-            arbiter.kernel_drops += new
+            arbiter.counts.kernel_drops += new
             where = "the shared socket" if arbiter.group.shared else f"the socket of {slot}"
             reader = f" (worker {slot.reader.pid})" if slot.reader else " (no reader)"
             unit = ("receive buffer(s) (with GRO, one holds up to 64 datagrams)"

@@ -143,6 +143,11 @@ class Slot:
     def draining(self) -> bool:
         return self.state is SlotState.DRAINING
 
+    @property
+    def incoming_ready(self) -> bool:
+        """The incoming worker is set up, waiting for its turn to read."""
+        return self.incoming is not None and self.incoming.state is State.READY
+
     def wants_worker(self, generation: int, now: float) -> bool:
         """Whether a worker should start for the slot now: nobody reads it,
         or its reader is due for replacement (a rolling restart of a later
