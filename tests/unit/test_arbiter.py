@@ -20,7 +20,8 @@ from udp_reader.serve import arbiter, clock, protocol, report
 from udp_reader.serve.arbiter import Arbiter, StartError
 from udp_reader.serve.config import Config
 from udp_reader.serve.phase import Phase, Stop
-from udp_reader.serve.slots import MAX_BACKOFF, Backoff, Slot, SlotState
+from udp_reader.serve.slots import (MAX_BACKOFF, AfterFailedStart, Backoff, IllegalMove, Slot,
+                                    SlotState, after_failed_start)
 from udp_reader.serve.workers import State, WorkerProcess
 
 START_TIMEOUT = 5.0
@@ -518,3 +519,32 @@ def test_the_snapshot_keeps_its_shape(master):
     assert data["phase"] == "running" and data["address"] == "127.0.0.1:9999"
     assert [s["state"] for s in data["slots"]] == ["serving", "serving"]
     assert data["events"] == {"worker_starts": 2} and data["others"] == {}
+
+
+def test_an_event_the_state_does_not_allow_is_refused(master):
+    m = master()
+    slot = m.slot()
+    with pytest.raises(IllegalMove):
+        slot._move("reader_gone")  # nobody reads it yet
+    assert slot.state is SlotState.NO_READER
+    slot.drain()
+    slot._move("reader_gone")  # a draining slot stays draining
+    assert slot.state is SlotState.DRAINING
+
+
+@pytest.mark.parametrize("starting_up, draining, reader, served, outcome", [
+    (True, False, False, False, AfterFailedStart.REFUSE),
+    (False, True, False, True, AfterFailedStart.RETRY),
+    (False, False, True, True, AfterFailedStart.KEEP_READER),
+    (False, False, False, False, AfterFailedStart.REMOVE),
+    (False, False, False, True, AfterFailedStart.RETRY_OFF_PORT),
+])
+def test_what_follows_a_failed_start(master, starting_up, draining, reader, served, outcome):
+    m = master()
+    slot = m.slot()
+    if reader:
+        m.start()
+    slot.served = served
+    if draining:
+        slot.drain()
+    assert after_failed_start(slot, starting_up) is outcome

@@ -21,12 +21,19 @@ signals do not queue):
     TTIN, TTOU  one slot more, one fewer (the one removed drains)
     USR2        upgrade: a new master takes every socket across exec
 
-Here are the loop, the signals and stopping; the decisions live beside it:
-a slot's states and failure policy (slots.py), where sockets come from
-(sources.py), the other masters holding them (holders.py), what is
-reported (report.py, counters.py). Time (a clock) and processes
-(processes.py) come in from outside, so unit tests drive the master
-without either.
+Here are the loop, the signal table, each slot's step and stopping; the
+decisions live beside it, each in a file named for it:
+
+    phase.py      the master's phase and how it stops
+    slots.py      a slot's states, its back-off, what a failed start leads to
+    group.py      the port's group: slots in it and draining; TTIN, TTOU; --steer
+    deadlines.py  how long a worker may take to start, to answer, to leave
+    sources.py    where the sockets come from (bound, systemd, inherited, taken over)
+    holders.py    the other masters holding them (predecessor, USR2, takeover)
+    counters.py   what is counted; report.py what is shown (snapshot, drops)
+
+Time (`now`) and processes (processes.py) come in from outside, so unit
+tests drive the master with neither (tests/unit/test_arbiter.py).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """A worker process of `udp-reader serve`: the user's handler on one socket.
 
 Started by the master (isolated, bootstrap.py) with the socket,
-a status pipe and its configuration (protocol.py). It sets everything up,
+a status pipe and its orders (orders.py). It sets everything up,
 says it is ready, and reads only once the master says `go`: a slot's socket
 passes from the old worker to the new one like a baton, so nobody reads it
 twice and the queue bridges the moment between.
