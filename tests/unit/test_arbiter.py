@@ -16,7 +16,7 @@ from typing import List, Optional, Set
 
 import pytest
 
-from udp_reader.serve import arbiter, clock, protocol, report
+from udp_reader.serve import clock, protocol, report
 from udp_reader.serve.arbiter import Arbiter, StartError
 from udp_reader.serve.config import Config
 from udp_reader.serve.phase import Phase, Stop
@@ -229,7 +229,8 @@ def master(monkeypatch):
     def make(workers: int = 1, **options: object) -> Master:
         m = Master(workers, **options)
         monkeypatch.setattr(clock, "now", m.now)  # WorkerProcess's clock too
-        monkeypatch.setattr(arbiter, "TICK", 0.0)  # the loop's wait only takes what is there
+        # The loop's wait only takes what is there.
+        monkeypatch.setattr("udp_reader.serve.arbiter.TICK", 0.0)
         made.append(m)
         return m
 
@@ -548,3 +549,12 @@ def test_what_follows_a_failed_start(master, starting_up, draining, reader, serv
     if draining:
         slot.drain()
     assert after_failed_start(slot, starting_up) is outcome
+
+
+def test_the_snapshot_names_the_new_master_while_an_upgrade_is_under_way(master):
+    m = master()
+    m.start()
+    m.signal(signal.SIGUSR2)
+    m.step()
+    (new_master,) = m.processes.new_masters
+    assert report.snapshot(m.arbiter).others == {"new_master": new_master.pid}

@@ -47,8 +47,8 @@ import socket
 from typing import Callable, Deque, Dict, Optional, Tuple
 
 from udp_reader import handoff, sockets, systemd
-from udp_reader.serve import clock, counters, deadlines, foreground, privileges, protocol
-from udp_reader.serve import report, sources, statusfile
+from udp_reader.serve import clock, counters, deadlines, exits, foreground, privileges
+from udp_reader.serve import protocol, report, sources, statusfile
 from udp_reader.serve import metrics  # --metrics
 from udp_reader.serve.config import EXACT_TTIN, EXACT_TTOU, Config
 from udp_reader.serve.errors import StartError, one_line
@@ -438,7 +438,7 @@ class Arbiter:
         self.counts.worker_ended(worker)
         slot = next((s for s in self.group.every()
                      if worker in (s.reader, s.incoming)), None)
-        lost = self._held(worker)
+        lost = exits.may_have_lost(worker, self.config.reader)
         if slot is not None and slot.incoming is worker:
             self.counts.events[ExitCause.FAILED_START.event] += 1
             slot.incoming_gone()
@@ -476,15 +476,6 @@ class Arbiter:
         else:
             log.error("%r died (%s)%s; a new worker takes over its socket and queue",
                       worker, why, lost)
-
-    def _held(self, worker: WorkerProcess) -> str:
-        """What a worker that died may have taken from the kernel and not
-        handled: at most one receive."""
-        if not worker.reads:
-            return ""
-        unit = "merged receive(s)" if self.config.reader.gro else "datagram(s)"
-        return (f"; up to {self.config.reader.batch_size} {unit} it had taken but not "
-                "handled may be lost")
 
     def _check_deadlines(self, now: float) -> None:
         for worker in self.workers.values():

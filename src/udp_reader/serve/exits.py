@@ -6,8 +6,13 @@ from __future__ import annotations
 
 import enum
 import signal
+from typing import TYPE_CHECKING
 
 from udp_reader.serve import protocol
+
+if TYPE_CHECKING:
+    from udp_reader.options import ReaderOptions
+    from udp_reader.serve.workers import WorkerProcess
 
 
 class ExitCause(enum.Enum):
@@ -30,3 +35,12 @@ def exit_reason(code: int) -> str:
     if code == protocol.EXIT_READER_FAILED:
         return "its reader failed"
     return f"exit code {code}"
+
+
+def may_have_lost(worker: "WorkerProcess", reader: "ReaderOptions") -> str:
+    """What a worker that died may have taken from the kernel and not
+    handled, for its log line: at most one receive."""
+    if not worker.reads:
+        return ""
+    unit = "merged receive(s)" if reader.gro else "datagram(s)"
+    return f"; up to {reader.batch_size} {unit} it had taken but not handled may be lost"
