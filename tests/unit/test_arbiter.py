@@ -10,13 +10,14 @@ The test plays every worker: it says what a worker says on its status pipe
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import signal
 from typing import List, Optional, Set
 
 import pytest
 
-from udp_reader.serve import clock, protocol, report
+from udp_reader.serve import arbiter, clock, protocol, report, sources
 from udp_reader.serve.arbiter import Arbiter, StartError
 from udp_reader.serve.config import Config
 from udp_reader.serve.phase import Phase, Stop
@@ -218,6 +219,12 @@ class Master:
     def close(self) -> None:
         for w in self.processes.started:
             w.close()
+            if w.process.pid in self.arbiter.workers:  # never reaped: the master's ends too
+                os.close(w.process.status_fd)
+                os.close(w.process.control_fd)
+        for new_master in self.processes.new_masters:
+            os.close(new_master._ready)
+        self.arbiter.holders.close()
         self.arbiter.selector.close()
 
 
@@ -558,3 +565,95 @@ def test_the_snapshot_names_the_new_master_while_an_upgrade_is_under_way(master)
     m.step()
     (new_master,) = m.processes.new_masters
     assert report.snapshot(m.arbiter).others == {"new_master": new_master.pid}
+
+
+def test_ttin_adds_a_slot_with_the_lowest_free_number(master, monkeypatch):
+    monkeypatch.setattr(sources, "new_listener", lambda config: FakeListener())
+    m = master(workers=2)
+    m.start()
+    m.signal(signal.SIGTTIN)
+    assert [s.index for s in m.arbiter.group.slots] == [0, 1, 2]
+    (new,) = m.new_workers()
+    assert new.process.slot == 2
+    new.say(ready=True)
+    m.step()
+    assert new.commands() == ["go"] and m.slot(2).state is SlotState.SERVING
+
+
+def test_term_during_start_dismisses_the_workers_getting_ready(master):
+    m = master(workers=2)
+    m.step()
+    importing, ready = m.new_workers()
+    ready.say(ready=True)
+    m.step()
+    assert m.arbiter.phase is Phase.STARTING  # one is still importing
+    m.signal(signal.SIGTERM)
+    assert importing.proc.signals == [signal.SIGKILL]  # it cannot hear a command yet
+    assert ready.proc.signals == [] and ready.commands() == ["quit"]
+    assert all(s.state is SlotState.NO_READER for s in m.arbiter.group.slots)
+    importing.exit(-signal.SIGKILL)
+    ready.exit(0)
+    assert m.step() == 0
+    assert m.arbiter.counts.events["exits_dismissed"] == 2
+
+
+class FakePredecessor:
+    """The master we upgrade from: it has left once the test closes its pipe."""
+
+    def __init__(self) -> None:
+        self.pid = next(FakeProc.pids)
+        self.workers = 1
+        self.told = False
+        self._watch, self._left = os.pipe2(os.O_NONBLOCK)
+
+    def watch(self) -> int:
+        return self._watch
+
+    def tell_to_leave(self) -> None:
+        self.told = True
+
+    def leave(self) -> None:
+        os.write(self._left, b'{"events": {"restarts": 3}}')
+        os.close(self._left)
+
+    def read(self, fd: int) -> Optional[dict]:
+        data = b""
+        try:
+            while chunk := os.read(fd, 4096):
+                data += chunk
+        except BlockingIOError:
+            return None
+        return json.loads(data or b"{}")
+
+
+def test_after_an_upgrade_the_new_workers_read_once_the_old_master_has_left(master):
+    m = master()
+    old = FakePredecessor()
+    m.arbiter.holders.watch_predecessor(old)  # what sources.open_slots found
+    m.step()
+    (w,) = m.new_workers()
+    w.say(ready=True)
+    m.step()
+    assert old.told and m.arbiter.phase is Phase.HANDOVER
+    assert w.commands() == []  # the old master's workers still read
+    assert report.snapshot(m.arbiter).others == {"old_master": old.pid}
+    old.leave()
+    m.step()
+    m.step()
+    assert m.arbiter.phase is Phase.RUNNING and w.commands() == ["go"]
+    assert m.arbiter.counts.events["restarts"] == 3  # counted on from the old master's
+
+
+def test_an_old_master_slow_to_leave_is_not_waited_for_past_handover_wait(master):
+    m = master()
+    old = FakePredecessor()
+    m.arbiter.holders.watch_predecessor(old)
+    m.step()
+    (w,) = m.new_workers()
+    w.say(ready=True)
+    m.step()
+    m.step(arbiter.HANDOVER_WAIT - 0.1)
+    assert m.arbiter.phase is Phase.HANDOVER and w.commands() == []
+    m.step(0.2)
+    assert m.arbiter.phase is Phase.RUNNING and w.commands() == ["go"]
+    old.leave()
