@@ -35,6 +35,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 from udp_reader import sockets
 from udp_reader.serve.exits import ExitCause
 from udp_reader.serve.phase import Phase
+from udp_reader.serve.slots import SlotState
 from udp_reader.serve.snapshot import Snapshot
 from udp_reader.serve.workers import State
 
@@ -43,7 +44,9 @@ log = logging.getLogger("udp_reader")
 Latest = Callable[[], Optional[Snapshot]]  # the snapshot last published, if any
 
 EXIT_CAUSES = tuple(c.value for c in ExitCause)
-SLOT_STATES = tuple(s.value for s in State) + ("draining", "no reader")  # Slot.reported
+# What Slot.reported shows: its reader's state, or draining, or no reader.
+SLOT_STATES = tuple(s.value for s in State) + (SlotState.DRAINING.value,
+                                               SlotState.NO_READER.value)
 PHASES = tuple(p.value for p in Phase)
 SHARED = "shared"  # the slot label of the one socket of --shared
 

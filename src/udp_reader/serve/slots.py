@@ -40,19 +40,17 @@ class SlotState(enum.Enum):
     DRAINING = "draining"          # out of the group: read until empty, then closed
 
 
-_ = SlotState
+NO_READER, STARTING, SERVING, HANDING_OVER, DRAINING = SlotState
+
 # Each event: the state it moves a slot from, to the state it moves it to.
 # A draining slot stays draining whatever its workers do.
 MOVES: Dict[str, Dict[SlotState, SlotState]] = {
-    "start": {_.NO_READER: _.STARTING, _.SERVING: _.HANDING_OVER, _.DRAINING: _.DRAINING},
-    "take_turn": {_.STARTING: _.SERVING, _.HANDING_OVER: _.SERVING, _.DRAINING: _.DRAINING},
-    "incoming_gone": {_.STARTING: _.NO_READER, _.HANDING_OVER: _.SERVING,
-                      _.DRAINING: _.DRAINING},
-    "reader_gone": {_.SERVING: _.NO_READER, _.HANDING_OVER: _.STARTING,
-                    _.DRAINING: _.DRAINING},
-    "drain": {state: _.DRAINING for state in SlotState},
+    "start": {NO_READER: STARTING, SERVING: HANDING_OVER, DRAINING: DRAINING},
+    "take_turn": {STARTING: SERVING, HANDING_OVER: SERVING, DRAINING: DRAINING},
+    "incoming_gone": {STARTING: NO_READER, HANDING_OVER: SERVING, DRAINING: DRAINING},
+    "reader_gone": {SERVING: NO_READER, HANDING_OVER: STARTING, DRAINING: DRAINING},
+    "drain": {state: DRAINING for state in SlotState},
 }
-del _
 
 
 class IllegalMove(AssertionError):
@@ -170,8 +168,10 @@ class Slot:
         """The state `udp-reader status` and metrics show: draining, no
         reader, or its reader's own (workers.State)."""
         if self.draining:
-            return "draining"
-        return "no reader" if self.reader is None else self.reader.state.value
+            return SlotState.DRAINING.value
+        if self.reader is None:  # starting too: nobody reads it yet
+            return SlotState.NO_READER.value
+        return self.reader.state.value
 
     def __str__(self) -> str:
         return f"slot {self.index}"
