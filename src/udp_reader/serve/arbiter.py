@@ -438,44 +438,37 @@ class Arbiter:
         self.counts.worker_ended(worker)
         slot = next((s for s in self.group.every()
                      if worker in (s.reader, s.incoming)), None)
-        lost = exits.may_have_lost(worker, self.config.reader)
-        if slot is not None and slot.incoming is worker:
-            self.counts.events[ExitCause.FAILED_START.event] += 1
+        why = exits.cause(worker, code, slot is not None and slot.incoming is worker)
+        self.counts.events[why.event] += 1
+        if why is ExitCause.FAILED_START:
+            assert slot is not None
             slot.incoming_gone()
             self._start_failed(slot, "a new worker failed to start: "
                                + (worker.error or exit_reason(code)))
             return
         if slot is not None:
             slot.reader_gone()
-        if not worker.reads:
-            self.counts.events[ExitCause.DISMISSED.event] += 1
+        lost = exits.may_have_lost(worker, self.config.reader)
+        if why is ExitCause.DISMISSED:
             log.info("%r stopped before it read anything", worker)
-            return
-        if code == 0 and worker.state is State.LEAVING:
-            self.counts.events[ExitCause.LEFT.event] += 1
+        elif why is ExitCause.LEFT:
             log.info("%r left after delivering %s packet(s)", worker,
                      worker.stats.get("delivered", "?"))
             if slot is not None and slot.draining:
                 self.group.drained(slot)
-            return
-        if worker.state is State.KILLED:
-            self.counts.events[ExitCause.KILLED.event] += 1
+        elif why is ExitCause.KILLED:
             log.error("%r was killed%s", worker, lost)
-            return
-        self.counts.events[ExitCause.CRASHED.event] += 1
-        if slot is None or self.phase is Phase.STOPPING:
+        elif slot is None or self.phase is Phase.STOPPING:
             log.error("%r failed while leaving (%s)%s", worker, exit_reason(code), lost)
-            return
-        why = exit_reason(code) + (f": {worker.error}" if worker.error else "")
-        if code > 0:
+        elif code > 0:
             # It failed by itself (its reader, the handler's sys.exit):
             # likely again at once, so the replacement backs off.
             delay = slot.backoff.failed(self.now())
             log.error("%r died (%s)%s; a new worker takes over its socket and queue "
-                      "in %.0f s", worker, why, lost, delay)
+                      "in %.0f s", worker, exits.described(worker, code), lost, delay)
         else:
             log.error("%r died (%s)%s; a new worker takes over its socket and queue",
-                      worker, why, lost)
+                      worker, exits.described(worker, code), lost)
 
     def _check_deadlines(self, now: float) -> None:
         for worker in self.workers.values():

@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING
 
 from udp_reader.serve import protocol
 
+from udp_reader.serve.workers import State
+
 if TYPE_CHECKING:
     from udp_reader.options import ReaderOptions
     from udp_reader.serve.workers import WorkerProcess
@@ -25,6 +27,20 @@ class ExitCause(enum.Enum):
     @property
     def event(self) -> str:
         return "exits_" + self.value
+
+
+def cause(worker: "WorkerProcess", code: int, incoming: bool) -> ExitCause:
+    """Why `worker` ended with status `code`; `incoming`: it was getting
+    ready to take over a slot."""
+    if incoming:
+        return ExitCause.FAILED_START
+    if not worker.reads:
+        return ExitCause.DISMISSED
+    if code == 0 and worker.state is State.LEAVING:
+        return ExitCause.LEFT
+    if worker.state is State.KILLED:
+        return ExitCause.KILLED
+    return ExitCause.CRASHED
 
 
 def exit_reason(code: int) -> str:
@@ -44,3 +60,8 @@ def may_have_lost(worker: "WorkerProcess", reader: "ReaderOptions") -> str:
         return ""
     unit = "merged receive(s)" if reader.gro else "datagram(s)"
     return f"; up to {reader.batch_size} {unit} it had taken but not handled may be lost"
+
+
+def described(worker: "WorkerProcess", code: int) -> str:
+    """A crash in words: its exit status, and the error it reported."""
+    return exit_reason(code) + (f": {worker.error}" if worker.error else "")
