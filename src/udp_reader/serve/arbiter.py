@@ -68,7 +68,9 @@ __all__ = ["Arbiter", "StartError"]
 log = logging.getLogger("udp_reader")
 
 TICK = 0.1              # longest the loop sleeps
-HANDOVER_WAIT = 1.0     # longest a ready worker waits for its predecessor to let go
+# Longest a ready worker waits for the reader it replaces to let go, and a
+# ready new master for the old one to leave.
+HANDOVER_WAIT = 1.0
 
 
 class Arbiter:

@@ -129,7 +129,7 @@ class Worker:
         self.command: Optional[str] = None  # the master's last word that ends reading
         self._commanded = threading.Event()
         self._leaving = threading.Event()   # a command other than go came
-        self._recycled = False  # --max-packets reached: waiting for the successor
+        self._recycled = False  # --max-packets reached: waiting for the incoming worker
         self.errors = RateLimitedLog()
         self.reader: Optional[Reader] = None
         self._busy_since: Optional[float] = None
