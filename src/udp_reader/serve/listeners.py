@@ -49,6 +49,11 @@ class Listener:
         if not self.shed:
             self._peer = sockets.shed(self.sock)
 
+    def queued(self) -> int:
+        """Bytes waiting in the receive queue (0 before it joins the port)."""
+        info = sockets.meminfo(self.sock) if self.unbound is None else ()
+        return info[0] if info else 0
+
     def new_drops(self) -> int:
         """What the kernel dropped here since the last call (its counter
         wraps at 2**32)."""

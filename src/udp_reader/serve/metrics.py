@@ -2,8 +2,8 @@
 Prometheus text format, over HTTP from a thread of the master.
 
 The scrape never touches the master's live state: the loop publishes a
-fresh snapshot dict every second (Arbiter.latest, never changed once
-published) and the collector turns whichever is current into metric
+fresh snapshot every second (Arbiter.latest, snapshot.py, never changed
+once published) and the collector turns whichever is current into metric
 families. prometheus_client is an optional extra (udp-reader[metrics]),
 imported only when --metrics is given.
 
@@ -33,16 +33,21 @@ from typing import Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 from udp_reader import sockets
+from udp_reader.serve.exits import ExitCause
+from udp_reader.serve.phase import Phase
+from udp_reader.serve.slots import SlotState
+from udp_reader.serve.snapshot import Snapshot
 from udp_reader.serve.workers import State
 
 log = logging.getLogger("udp_reader")
 
-Snapshot = Optional[dict]
+Latest = Callable[[], Optional[Snapshot]]  # the snapshot last published, if any
 
-# Exit causes the master counts (snapshot "events" keys exits_<cause>).
-EXIT_CAUSES = ("left", "crashed", "killed", "failed_start", "dismissed")
-SLOT_STATES = tuple(s.value for s in State) + ("draining", "no reader")
-PHASES = ("starting", "handover", "running", "stopping")
+EXIT_CAUSES = tuple(c.value for c in ExitCause)
+# What Slot.reported shows: its reader's state, or draining, or no reader.
+SLOT_STATES = tuple(s.value for s in State) + (SlotState.DRAINING.value,
+                                               SlotState.NO_READER.value)
+PHASES = tuple(p.value for p in Phase)
 SHARED = "shared"  # the slot label of the one socket of --shared
 
 MAX_CONNECTIONS = 16       # served at once; a scraper needs one
@@ -57,8 +62,8 @@ class MetricsError(Exception):
 
 # -- from a snapshot to metric families ------------------------------------------------
 
-def families(snapshot: dict) -> Iterator:
-    """The metric families of one snapshot (Arbiter.snapshot())."""
+def families(snapshot: Snapshot) -> Iterator:
+    """The metric families of one snapshot (report.snapshot())."""
     from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
     def counter(name: str, doc: str, labels: Iterable[str] = ()) -> CounterMetricFamily:
@@ -67,15 +72,15 @@ def families(snapshot: dict) -> Iterator:
     def gauge(name: str, doc: str, labels: Iterable[str] = ()) -> GaugeMetricFamily:
         return GaugeMetricFamily("udp_reader_" + name, doc, labels=list(labels))
 
-    slots = snapshot.get("slots", [])
+    slots = snapshot.slots
     # A slot that left the port to be drained and its replacement share a
     # number (and the same totals): one series per number.
     totals: Dict[str, dict] = {}
     states: Dict[str, set] = {}
     for s in slots:
-        label = str(s["slot"])
-        totals.setdefault(label, s.get("totals", {}))
-        states.setdefault(label, set()).add(s["state"])
+        label = str(s.slot)
+        totals.setdefault(label, s.totals)
+        states.setdefault(label, set()).add(s.state)
 
     per_slot = (
         ("received", "Datagrams the slot's workers took from the kernel, across worker "
@@ -102,8 +107,8 @@ def families(snapshot: dict) -> Iterator:
                     "GRO a dropped merged receive of up to 64 datagrams counts once", ["slot"])
     socket_figures: Dict[str, List[int]] = {}
     for s in slots:
-        label = SHARED if snapshot.get("shared") else str(s["slot"])
-        figures = [_number(s.get("queued_bytes")), _number(s.get("kernel_drops"))]
+        label = SHARED if snapshot.shared else str(s.slot)
+        figures = [s.queued_bytes, s.kernel_drops]
         if label not in socket_figures:
             socket_figures[label] = figures
         elif label != SHARED:  # a draining socket and its replacement: both count
@@ -130,16 +135,16 @@ def families(snapshot: dict) -> Iterator:
     worker_delivered = counter("worker_delivered", "Datagrams this worker process handed to "
                                "the handler", ["slot", "pid"])
     for s in slots:
-        for w in s.get("workers", []):
-            labels = [str(s["slot"]), str(w["pid"])]
-            stats = w.get("stats") or {}
-            worker_state.add_metric(labels + [str(w["state"])], 1)
-            started.add_metric(labels, float(w.get("started", 0)))
+        for w in s.workers:
+            labels = [str(s.slot), str(w.pid)]
+            stats = w.stats
+            worker_state.add_metric(labels + [w.state], 1)
+            started.add_metric(labels, w.started)
             worker_received.add_metric(labels, _number(stats.get("received")))
             worker_delivered.add_metric(labels, _number(stats.get("delivered")))
     yield from (worker_state, started, worker_received, worker_delivered)
 
-    events = snapshot.get("events", {})
+    events = snapshot.events
     starts = counter("worker_starts", "Worker processes started")
     starts.add_metric([], _number(events.get("worker_starts")))
     yield starts
@@ -157,10 +162,10 @@ def families(snapshot: dict) -> Iterator:
     yield restarts
 
     target = gauge("workers", "Worker processes the master aims to run (--workers, TTIN, TTOU)")
-    target.add_metric([], _number(snapshot.get("workers")))
+    target.add_metric([], snapshot.workers)
     yield target
     phase = gauge("phase", "1 for the master's phase, 0 for the others", ["phase"])
-    current = str(snapshot.get("phase"))
+    current = snapshot.phase
     for value in PHASES + (() if current in PHASES else (current,)):
         phase.add_metric([value], 1 if value == current else 0)
     yield phase
@@ -177,7 +182,7 @@ def _state_order(state: str) -> Tuple[int, str]:
 class SnapshotCollector:
     """A prometheus_client collector over the latest published snapshot."""
 
-    def __init__(self, latest: Callable[[], Snapshot]) -> None:
+    def __init__(self, latest: Latest) -> None:
         self._latest = latest
 
     def collect(self) -> Iterator:
@@ -310,7 +315,7 @@ class _EndpointCollector:
 class MetricsServer:
     """The bound metrics endpoint; start() serves it from a daemon thread."""
 
-    def __init__(self, sock: socket.socket, latest: Callable[[], Snapshot]) -> None:
+    def __init__(self, sock: socket.socket, latest: Latest) -> None:
         from prometheus_client import CollectorRegistry, make_wsgi_app
         from prometheus_client.process_collector import ProcessCollector
 
@@ -341,7 +346,7 @@ class MetricsServer:
         self._server.server_close()
 
 
-def bind(address: str, latest: Callable[[], Snapshot], *, share: bool = False
+def bind(address: str, latest: Latest, *, share: bool = False
          ) -> MetricsServer:
     """Bind the endpoint at `address` (HOST:PORT, :PORT for every address).
     `share`: this master takes over from another (USR2, --takeover), which

@@ -52,7 +52,7 @@ def _parse(name: str, sock: socket.socket) -> Handed:
 class Predecessor:
     """The master we upgrade from. It tells us it has left (its sockets
     closed, its workers gone) by closing a pipe, after writing its
-    counters into it (Successor.leave): the totals go on from there. It
+    counters into it (NewMaster.leave): the totals go on from there. It
     may stay alive after that: a foreground master waits for us
     (foreground.py)."""
 
@@ -120,7 +120,7 @@ def inherited() -> Tuple[Optional[Predecessor], List[Handed]]:
     return None, [Handed(None, s, True) for _, s in systemd.listen_fds()]
 
 
-class Successor(subprocess.Popen):
+class NewMaster(subprocess.Popen):
     """The new master a USR2 started, the pipe that tells it when we have
     left, and `ready_fd`, where it says it is ready (one byte; end of file
     without one: it failed). The caller closes ready_fd."""
@@ -149,8 +149,8 @@ class Successor(subprocess.Popen):
         super().__del__()
 
 
-def start_successor(argv: Sequence[str], handed: Sequence[Tuple[int, socket.socket, bool]],
-                    workers: int) -> Successor:
+def start_new_master(argv: Sequence[str], handed: Sequence[Tuple[int, socket.socket, bool]],
+                    workers: int) -> NewMaster:
     """Run the same command again with our sockets (USR2)."""
     read_end, write_end = os.pipe2(os.O_CLOEXEC)
     ready_read, ready_write = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
@@ -159,7 +159,7 @@ def start_successor(argv: Sequence[str], handed: Sequence[Tuple[int, socket.sock
          "ready_fd": ready_write})})
     fds = handoff.export_for_exec([(_name(slot, ext), s) for slot, s, ext in handed], env)
     try:
-        return Successor([*bootstrap.command("udp_reader"), *argv], env=env,
+        return NewMaster([*bootstrap.command("udp_reader"), *argv], env=env,
                          pass_fds=[*fds, read_end, ready_write], left_fd=write_end,
                          ready_fd=ready_read)
     except BaseException:

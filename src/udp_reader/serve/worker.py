@@ -1,7 +1,7 @@
 """A worker process of `udp-reader serve`: the user's handler on one socket.
 
 Started by the master (isolated, bootstrap.py) with the socket,
-a status pipe and its configuration (protocol.py). It sets everything up,
+a status pipe and its orders (orders.py). It sets everything up,
 says it is ready, and reads only once the master says `go`: a slot's socket
 passes from the old worker to the new one like a baton, so nobody reads it
 twice and the queue bridges the moment between.
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import faulthandler
 import importlib
-import json
 import logging
 import os
 import select
@@ -31,6 +30,7 @@ from typing import Any, Callable, Optional, Set, Tuple
 
 from udp_reader import Reader, ReceiveError, answering, sockets
 from udp_reader.serve import bootstrap, logs, privileges, protocol
+from udp_reader.serve.orders import WorkerOrders
 from udp_reader.serve.signals import EXACT_TTIN, EXACT_TTOU
 
 log = logging.getLogger("udp_reader")
@@ -122,14 +122,14 @@ class RateLimitedLog:
 
 
 class Worker:
-    def __init__(self, config: dict) -> None:
-        self.config = config
-        self._status = os.fdopen(config["status_fd"], "wb", buffering=0)
+    def __init__(self, orders: WorkerOrders) -> None:
+        self.orders = orders
+        self._status = os.fdopen(orders.status_fd, "wb", buffering=0)
         self._status_lock = threading.Lock()
         self.command: Optional[str] = None  # the master's last word that ends reading
         self._commanded = threading.Event()
         self._leaving = threading.Event()   # a command other than go came
-        self._recycled = False  # --max-packets reached: waiting for the successor
+        self._recycled = False  # --max-packets reached: waiting for the incoming worker
         self.errors = RateLimitedLog()
         self.reader: Optional[Reader] = None
         self._busy_since: Optional[float] = None
@@ -194,7 +194,7 @@ class Worker:
                 self.obey(line.decode(errors="replace").strip())
 
     def main(self) -> int:
-        config = self.config
+        orders = self.orders
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
@@ -202,22 +202,22 @@ class Worker:
             signal.signal(exact, signal.SIG_IGN)
         signal.signal(signal.SIGQUIT, lambda *_: self.obey(protocol.QUIT))
         faulthandler.register(signal.SIGUSR2, all_threads=True)
-        if config["batches"]:
+        if orders.batches:
             # Batch columns are numpy arrays: import it before saying ready,
             # not on the first batch.
             import numpy  # noqa: F401
-        if config["cpu"] is not None:  # --steer cpu: its socket prefers this CPU's datagrams
-            os.sched_setaffinity(0, {config["cpu"]})
-        if config["credentials"]:
-            privileges.drop(privileges.Credentials(*config["credentials"]))
+        if orders.cpu is not None:  # --steer cpu: its socket prefers this CPU's datagrams
+            os.sched_setaffinity(0, {orders.cpu})
+        if orders.credentials:
+            privileges.drop(privileges.Credentials(*orders.credentials))
         sys.path[:0] = bootstrap.handler_path()  # only now: it may be the worker account's
         try:
-            handler, start, stop = load_handler(config["handler"])
-            if not config["batches"]:
+            handler, start, stop = load_handler(orders.handler)
+            if not orders.batches:
                 handler = answering(handler)  # what it returns answers the packet
             if start is not None:
                 _hook(start)
-            self.reader = Reader(fileno=config["fd"], **config["reader"])
+            self.reader = Reader(fileno=orders.fd, **orders.reader)
         except (HandlerError, ValueError, OSError) as e:
             self.report(error=str(e))  # the master tells the operator
             return protocol.EXIT_START_FAILED
@@ -246,8 +246,8 @@ class Worker:
 
     def _serve(self, handler: Callable[..., Any]) -> None:
         assert self.reader is not None
-        run = self.reader.run_batches if self.config["batches"] else self.reader.run
-        recycle_at = self.config["recycle_at"]  # --max-packets
+        run = self.reader.run_batches if self.orders.batches else self.reader.run
+        recycle_at = self.orders.recycle_at  # --max-packets
         while self.command == protocol.GO:
             left = None if recycle_at is None else recycle_at - self.reader.stats.delivered
             if left is not None and left <= 0:
@@ -281,16 +281,16 @@ class Worker:
             except Exception as e:
                 self.errors.error(e)
 
-        target = "on_batch" if self.config["batches"] else "on_packet"
-        reader.drain(shed=until_idle, grace=self.config["grace"],
-                     timeout=self.config["graceful_timeout"], **{target: guarded})
+        target = "on_batch" if self.orders.batches else "on_packet"
+        reader.drain(shed=until_idle, grace=self.orders.grace,
+                     timeout=self.orders.graceful_timeout, **{target: guarded})
 
 
 def main() -> int:
-    config = json.loads(os.environ.pop(protocol.CONFIG_ENV))
-    logs.configure(config["log_level"], f"udp-reader[worker {os.getpid()} slot "
-                                        f"{os.environ.get(protocol.SLOT_ENV, '?')}]")
-    return Worker(config).main()
+    orders = WorkerOrders.from_json(os.environ.pop(protocol.CONFIG_ENV))
+    logs.configure(orders.log_level, f"udp-reader[worker {os.getpid()} slot "
+                                     f"{os.environ.get(protocol.SLOT_ENV, '?')}]")
+    return Worker(orders).main()
 
 
 if __name__ == "__main__":

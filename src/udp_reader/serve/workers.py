@@ -3,16 +3,17 @@ commands it is sent and the status it reports (protocol.py)."""
 
 from __future__ import annotations
 
+import dataclasses
 import enum
-import json
 import logging
 import os
 import signal
 import subprocess
 import time
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 from udp_reader.serve import bootstrap, clock, protocol
+from udp_reader.serve.orders import WorkerOrders
 
 log = logging.getLogger("udp_reader")
 NEVER = float("inf")
@@ -41,6 +42,7 @@ class WorkerProcess:
         self.error = ""
         self.released = False
         self.recycle = False   # handled its --max-packets; reads no more
+        self.replace_due = False  # the master passes its slot on to a new worker
         self.reads = False
         self.started = time.time()
         self.last_heard = clock.now()
@@ -54,6 +56,13 @@ class WorkerProcess:
         except OSError:
             pass  # it is exiting; reaping will tell
         self.state, self.deadline = state, deadline
+
+    def dismiss(self, deadline: float) -> None:
+        """End a worker that never read: one still importing is killed, as
+        it cannot hear a command yet."""
+        if self.state is State.STARTING:
+            self.kill()
+        self.tell(protocol.QUIT, State.LEAVING, deadline)
 
     def read_status(self) -> bool:
         """Take what the worker reported; False once its pipe is closed."""
@@ -85,6 +94,9 @@ class WorkerProcess:
                 self.error = str(message["error"])
         return True
 
+    def poll(self) -> Optional[int]:
+        return self.proc.poll()
+
     def dump_and_kill(self, now: float) -> None:
         """Ask for every thread's stack (faulthandler), SIGKILL a moment later."""
         self._signal(signal.SIGUSR2)
@@ -109,7 +121,7 @@ class WorkerProcess:
         return f"worker {self.pid} (slot {self.slot})"
 
 
-def spawn(sock_fd: int, slot: int, generation: int, config: Dict[str, Any],
+def spawn(sock_fd: int, slot: int, generation: int, orders: WorkerOrders,
           start_timeout: float) -> WorkerProcess:
     """Start udp_reader.serve.worker (isolated: bootstrap.py) on the socket `sock_fd`.
     Raises OSError when the system refuses (descriptors, processes)."""
@@ -121,7 +133,8 @@ def spawn(sock_fd: int, slot: int, generation: int, config: Dict[str, Any],
         os.close(status_write)
         raise
     env = dict(os.environ, **{
-        protocol.CONFIG_ENV: json.dumps(dict(config, fd=sock_fd, status_fd=status_write)),
+        protocol.CONFIG_ENV: dataclasses.replace(orders, fd=sock_fd,
+                                                 status_fd=status_write).to_json(),
         protocol.SLOT_ENV: str(slot)})
     try:
         proc = subprocess.Popen(bootstrap.command("udp_reader.serve.worker"), env=env,
@@ -138,12 +151,3 @@ def spawn(sock_fd: int, slot: int, generation: int, config: Dict[str, Any],
     return WorkerProcess(proc, slot, generation, status_read, control_write,
                          clock.now() + start_timeout)
 
-
-def exit_reason(code: int) -> str:
-    if code < 0:
-        return f"killed by {signal.Signals(-code).name}"
-    if code == protocol.EXIT_START_FAILED:
-        return "its handler or socket could not be set up"
-    if code == protocol.EXIT_READER_FAILED:
-        return "its reader failed"
-    return f"exit code {code}"
