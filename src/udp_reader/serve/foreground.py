@@ -37,18 +37,18 @@ def in_foreground() -> bool:
     return False
 
 
-def follow(successor: Optional[subprocess.Popen], code: int) -> int:
+def follow(new_master: Optional[subprocess.Popen], code: int) -> int:
     """Our exit status: `code`, or, after an upgrade in a terminal's
     foreground, the new master's once it ends."""
-    if successor is None or successor.poll() is not None or not in_foreground():
+    if new_master is None or new_master.poll() is not None or not in_foreground():
         return code
     waited = FORWARDED | {signal.SIGCHLD}
     signal.pthread_sigmask(signal.SIG_BLOCK, waited)  # from here on none is missed
     log.info("master %d serves on in this terminal; this process waits for it "
-             "(Ctrl-C stops it)", successor.pid)
-    while successor.poll() is None:
+             "(Ctrl-C stops it)", new_master.pid)
+    while new_master.poll() is None:
         info = signal.sigtimedwait(waited, 1.0)
         if info is not None and info.si_signo in FORWARDED and info.si_code != SI_KERNEL:
-            successor.send_signal(info.si_signo)
-    status = successor.returncode
+            new_master.send_signal(info.si_signo)
+    status = new_master.returncode
     return status if status >= 0 else 128 - status

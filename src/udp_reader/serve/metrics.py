@@ -33,6 +33,7 @@ from typing import Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 from udp_reader import sockets
+from udp_reader._constants import GSO_SEGMENTS
 from udp_reader.serve.exits import ExitCause
 from udp_reader.serve.phase import Phase
 from udp_reader.serve.slots import SlotState
@@ -104,7 +105,7 @@ def families(snapshot: Snapshot) -> Iterator:
                    ["slot"])
     drops = counter("kernel_drops", "Receive buffers the kernel dropped on the socket because "
                     "its queue was full, since the master took it: one per datagram, but with "
-                    "GRO a dropped merged receive of up to 64 datagrams counts once", ["slot"])
+                    f"GRO a dropped merged receive of up to {GSO_SEGMENTS} datagrams counts once", ["slot"])
     socket_figures: Dict[str, List[int]] = {}
     for s in slots:
         label = SHARED if snapshot.shared else str(s.slot)

@@ -56,7 +56,7 @@ class PidFile:
             _unlink(tmp)
 
     def set_aside(self) -> None:
-        """An upgrade starts: the successor will publish its own pid."""
+        """An upgrade starts: the new master will publish its own pid."""
         if self._names_us(self.path):
             try:
                 os.replace(self.path, self.path + OLD_SUFFIX)

@@ -9,6 +9,7 @@ import os
 import time
 from typing import TYPE_CHECKING
 
+from udp_reader._constants import GSO_SEGMENTS
 from udp_reader.serve.snapshot import SlotView, Snapshot, WorkerView
 
 if TYPE_CHECKING:
@@ -52,7 +53,7 @@ def watch_drops(arbiter: "Arbiter") -> None:
             arbiter.counts.kernel_drops += new
             where = "the shared socket" if arbiter.group.shared else f"the socket of {slot}"
             reader = f" (worker {slot.reader.pid})" if slot.reader else " (no reader)"
-            unit = ("receive buffer(s) (with GRO, one holds up to 64 datagrams)"
+            unit = (f"receive buffer(s) (with GRO, one holds up to {GSO_SEGMENTS} datagrams)"
                     if arbiter.config.reader.gro else "datagram(s)")
             log.warning("the kernel dropped %d %s on %s%s: its receive queue was full",
                         new, unit, where, "" if arbiter.group.shared else reader)
