@@ -978,6 +978,8 @@ class Arbiter:
                 "phase": self.phase.value, "workers": self.target, "slots": slots,
                 "events": dict(self.events), "kernel_drops": self.kernel_drops,
                 "shared": self.shared,
+                # Where --metrics serves: the port it bound when given 0.
+                "metrics": self.metrics.url if self.metrics is not None else None,
                 # Other masters holding these sockets (an upgrade, a takeover).
                 "others": {k: v for k, v in others.items() if v is not None}}
 
