@@ -1,4 +1,6 @@
-"""Helpers for tests that talk to real sockets on loopback."""
+"""Helpers for tests that talk to real sockets on loopback. The tests sit in
+folders by what they prove: unit/ (no socket, no process), reader/, cli/,
+serve/, examples/; the handlers serve runs for them in handlers/."""
 
 from __future__ import annotations
 
@@ -6,6 +8,7 @@ import json
 import logging
 import os
 import socket
+import struct
 import threading
 import time
 from typing import Callable, Dict, Iterable, List, Sequence
@@ -116,6 +119,12 @@ def _stop_what_the_test_started():
 
 
 @pytest.fixture
+def record_dir(tmp_path) -> str:
+    """Where a test's server records what its handler got (RECORD_DIR)."""
+    return str(tmp_path)
+
+
+@pytest.fixture
 def reader():
     with Reader("127.0.0.1:0") as r:
         yield r
@@ -162,3 +171,11 @@ def as_nobody(work: Callable[[], Dict]) -> Dict:
     os.waitpid(pid, 0)
     assert "error" not in result, result["error"]
     return result
+
+
+def cmsg(level: int, kind: int, data: bytes, claimed: int | None = None) -> bytes:
+    """One control message: its header (with a claimed length, maybe a lie)
+    and data, padded as CMSG_SPACE pads."""
+    length = 16 + len(data) if claimed is None else claimed
+    body = struct.pack("QiI", length, level, kind) + data
+    return body + bytes(-len(body) % 8)

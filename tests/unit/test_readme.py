@@ -7,9 +7,10 @@ import re
 
 import pytest
 
+from places import ROOT
 from udp_reader.cli.main import build_parser
 
-README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
+README = os.path.join(ROOT, "README.md")
 
 
 def synopsis(command: str) -> set[str]:
