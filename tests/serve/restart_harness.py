@@ -374,7 +374,8 @@ def orphan_slot(h: Harness, facts: dict, options) -> object:
     os.rename(module, module + ".away")
     os.kill(slot_workers(h.status(settled(2)), 1)[0], signal.SIGKILL)
     h.status(lambda s: any(x["slot"] == 1 and x["state"] == "draining" for x in s["slots"]))
-    time.sleep(1.0)
+    # Back before the slot's next try (1 s after the failure): the status
+    # file, rewritten every second, has told the shed by then.
     os.rename(module + ".away", module)
     h.status(settled(2))  # the shed socket drained, slot 1 served again
     facts["held_bound"] = held_bound(h)
