@@ -7,8 +7,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import socket
 import struct
+import subprocess
 import threading
 import time
 from typing import Callable, Dict, Iterable, List, Sequence
@@ -24,6 +26,24 @@ DEADLINE = 10.0
 # CI runs the suite a second time against a build with AddressSanitizer,
 # its runtime preloaded into every Python.
 SANITIZED = "libasan" in os.environ.get("LD_PRELOAD", "")
+
+
+def can_unshare(*tools: str) -> bool:
+    """A network namespace of our own can be made here (`unshare -n`: root
+    or user namespaces), and `tools` are installed."""
+    return all(shutil.which(t) for t in ("unshare", *tools)) and subprocess.run(
+        ["unshare", "-n", "true"], capture_output=True).returncode == 0
+
+
+needs_namespace = pytest.mark.skipif(not can_unshare(),
+                                     reason="needs `unshare -n` (root or user namespaces)")
+
+
+def free_port() -> int:
+    """A UDP port on loopback that nobody holds right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def open_fds() -> int:

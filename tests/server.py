@@ -7,13 +7,12 @@ from __future__ import annotations
 import glob
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
 from typing import Callable
 
-from conftest import DEADLINE, STARTED
+from conftest import DEADLINE, STARTED, free_port
 from harness import snapshot
 from places import HANDLERS
 
@@ -24,9 +23,7 @@ class Server:
     `record_dir`, so that there is always a status file to wait on."""
 
     def __init__(self, handler: str, *args: str, record_dir: str) -> None:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
+        self.port = free_port()
         if "--pid-file" in args:
             self.pid_file = args[args.index("--pid-file") + 1]
         else:

@@ -10,19 +10,10 @@ import subprocess
 
 import pytest
 
-from conftest import DEADLINE
+from conftest import DEADLINE, needs_namespace
 from test_cli import COMMAND
 from udp_reader import served
 from watch_harness import run_in_namespace
-
-
-def _can_unshare() -> bool:
-    return shutil.which("unshare") is not None and subprocess.run(
-        ["unshare", "-n", "true"], capture_output=True).returncode == 0
-
-
-needs_namespace = pytest.mark.skipif(not _can_unshare(),
-                                     reason="needs `unshare -n` (root or user namespaces)")
 
 
 @needs_namespace

@@ -17,7 +17,7 @@ import sys
 
 import pytest
 
-from conftest import DEADLINE, NOBODY, root_only, wait_until_bound
+from conftest import DEADLINE, NOBODY, free_port, root_only, wait_until_bound
 from harness import wait_until
 from udp_reader.serve import statusfile
 
@@ -58,11 +58,6 @@ def refused(command: list, marker_dir) -> str:
     assert not (marker_dir / "started").exists(), "the handler ran before the bind error"
     return line
 
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.mark.parametrize("host", ["", "127.0.0.1", "0.0.0.0"])
