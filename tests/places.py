@@ -1,7 +1,7 @@
-"""Where the tests' files are, for the processes they start: serve imports
-its handlers ("recorder:on_packet") from HANDLERS, so that folder goes on
-every master's PYTHONPATH (its workers run `python -I` and inherit it only
-through the master's configuration)."""
+"""Where the tests' files are, for the processes they start. serve looks
+for a handler ("recorder:on_packet") where `python -m` would, its working
+directory then PYTHONPATH, so the tests start it in HANDLERS (and may add
+a folder of their own to PYTHONPATH)."""
 
 import os
 
