@@ -3,7 +3,7 @@
 `unshare -n python multicast_harness.py SCENARIO` sets up the namespace
 (lo with multicast on; a veth pair to a second namespace where a scenario
 needs one), runs the scenario and prints one JSON object of what every
-reader got, for tests/test_multicast.py to judge. Nothing here asserts.
+reader got, for test_multicast.py to judge. Nothing here asserts.
 
 The second namespace is a sleeping `unshare -n` child; the sender runs in
 it through `nsenter`, as `multicast_harness.py send JSON`. Both namespaces
