@@ -97,6 +97,7 @@ def test_metrics_count_what_was_sent_and_agree_with_status_file_and_log(record_d
     finally:
         code = server.stop()
     assert code == 0
+    assert any(f"metrics on {url}" in l for l in server.lines)
     assert any(f"stopped: {n} received, {n} delivered" in l for l in server.lines)
 
 

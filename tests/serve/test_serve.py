@@ -99,6 +99,7 @@ def test_failed_restart_is_a_rollback(record_dir):
     assert server.stop() == 0
     assert recorded(record_dir) == expected
     assert any("No module named 'swappable'" in l for l in server.lines)
+    assert any("rolling restart aborted" in l for l in server.lines)
     # Aborted is not complete: never told as a restart that happened.
     assert not any("rolling restart complete" in l for l in server.lines)
     # Every line of the master's log says when it happened.

@@ -59,6 +59,7 @@ def test_totals_go_on_across_an_upgrade(record_dir):
             while os.path.exists(pid_file) and time.monotonic() < deadline:
                 time.sleep(0.05)
         server.stop()
+    assert any("the old master has left" in l for l in server.lines)
     assert not os.path.exists(pid_file)
 
 
