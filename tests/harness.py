@@ -254,11 +254,12 @@ def wait_until(found, timeout: float = DEADLINE):
     raise TimeoutError("never came")
 
 
-def snapshot(pid_file: str, until=lambda s: True) -> dict:
+def snapshot(pid_file: str, until: Callable[[dict], bool] = lambda s: True,
+             timeout: float = DEADLINE) -> dict:
     """The master's status file (written next to its pid file every
     second), once `until(snapshot)` holds."""
     path = pid_file + ".json"
-    deadline = time.monotonic() + DEADLINE
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
             with open(path) as f:

@@ -50,7 +50,8 @@ class Server:
     def status(self, until: Callable[[dict], bool] = lambda s: True) -> dict:
         """This master's snapshot once `until(snapshot)` holds. The status
         file appears once the master serves, and is rewritten every second."""
-        return snapshot(self.pid_file, lambda s: s.get("pid") == self.proc.pid and until(s))
+        return snapshot(self.pid_file, lambda s: s.get("pid") == self.proc.pid and until(s),
+                        DEADLINE)
 
     def workers(self, until: Callable[[dict], bool] = lambda s: True) -> list[tuple[int, int]]:
         """(pid, slot) of every worker of the snapshot that satisfies `until`."""

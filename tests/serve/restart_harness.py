@@ -93,6 +93,7 @@ def held_bound(h: Harness) -> int:
 
 
 def slot_workers(snapshot: dict, slot: int) -> list:
+    """The pids of the workers a snapshot shows on `slot`."""
     return [w["pid"] for x in snapshot["slots"] if x["slot"] == slot for w in x["workers"]]
 
 
@@ -102,6 +103,7 @@ def events(name: str):
 
 
 def both(*conditions):
+    """A snapshot that satisfies every one of `conditions`."""
     return lambda s: all(c(s) for c in conditions)
 
 
