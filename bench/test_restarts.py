@@ -1,6 +1,6 @@
 """Loss across 100 rolling restarts at the highest steady rate this machine
 sustains without restarts (target: 0 lost). Runs in private network
-namespaces; see tests/restart_harness.py."""
+namespaces; see tests/serve/restart_harness.py."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
+sys.path.insert(0, str(Path(__file__).parent.parent / "tests" / "serve"))
 from restart_harness import run_in_namespace, sustained_rate  # noqa: E402
 
 RESTARTS = 100

@@ -1,11 +1,16 @@
-"""Helpers for tests that talk to real sockets on loopback."""
+"""Helpers for tests that talk to real sockets on loopback. The tests sit in
+folders by what they prove: unit/ (no socket, no process), reader/, cli/,
+serve/, examples/; the handlers serve runs for them in handlers/."""
 
 from __future__ import annotations
 
 import json
 import logging
 import os
+import shutil
 import socket
+import struct
+import subprocess
 import threading
 import time
 from typing import Callable, Dict, Iterable, List, Sequence
@@ -21,6 +26,24 @@ DEADLINE = 10.0
 # CI runs the suite a second time against a build with AddressSanitizer,
 # its runtime preloaded into every Python.
 SANITIZED = "libasan" in os.environ.get("LD_PRELOAD", "")
+
+
+def can_unshare(*tools: str) -> bool:
+    """A network namespace of our own can be made here (`unshare -n`: root
+    or user namespaces), and `tools` are installed."""
+    return all(shutil.which(t) for t in ("unshare", *tools)) and subprocess.run(
+        ["unshare", "-n", "true"], capture_output=True).returncode == 0
+
+
+needs_namespace = pytest.mark.skipif(not can_unshare(),
+                                     reason="needs `unshare -n` (root or user namespaces)")
+
+
+def free_port() -> int:
+    """A UDP port on loopback that nobody holds right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def open_fds() -> int:
@@ -116,6 +139,12 @@ def _stop_what_the_test_started():
 
 
 @pytest.fixture
+def record_dir(tmp_path) -> str:
+    """Where a test's server records what its handler got (RECORD_DIR)."""
+    return str(tmp_path)
+
+
+@pytest.fixture
 def reader():
     with Reader("127.0.0.1:0") as r:
         yield r
@@ -162,3 +191,11 @@ def as_nobody(work: Callable[[], Dict]) -> Dict:
     os.waitpid(pid, 0)
     assert "error" not in result, result["error"]
     return result
+
+
+def cmsg(level: int, kind: int, data: bytes, claimed: int | None = None) -> bytes:
+    """One control message: its header (with a claimed length, maybe a lie)
+    and data, padded as CMSG_SPACE pads."""
+    length = 16 + len(data) if claimed is None else claimed
+    body = struct.pack("QiI", length, level, kind) + data
+    return body + bytes(-len(body) % 8)

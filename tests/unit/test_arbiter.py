@@ -520,7 +520,7 @@ def test_the_snapshot_keeps_its_shape(master):
     assert shot is None  # published only with a pid file or --metrics
     data = report.snapshot(m.arbiter).as_dict()
     assert list(data) == ["pid", "address", "time", "phase", "workers", "slots", "events",
-                          "kernel_drops", "shared", "others"]
+                          "kernel_drops", "shared", "metrics", "others"]
     assert list(data["slots"][0]) == ["slot", "state", "queued_bytes", "kernel_drops",
                                       "workers", "totals"]
     assert list(data["slots"][0]["workers"][0]) == ["pid", "state", "started", "stats"]

@@ -42,6 +42,7 @@ def snapshot(arbiter: "Arbiter") -> Snapshot:
                     events=dict(arbiter.counts.events),
                     kernel_drops=arbiter.counts.kernel_drops,
                     shared=arbiter.group.shared,
+                    metrics=arbiter.metrics.url if arbiter.metrics is not None else None,
                     others={k: v for k, v in others.items() if v is not None})
 
 

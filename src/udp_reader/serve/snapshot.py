@@ -7,7 +7,7 @@ to the JSON those read; a field may be added, none changed.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +39,7 @@ class Snapshot:
     events: Dict[str, int]     # worker_starts, exits_<exits.ExitCause>, restarts, ...
     kernel_drops: int
     shared: bool
+    metrics: Optional[str]     # where --metrics serves (the port it bound when given 0)
     # Other masters holding these sockets (an upgrade, a takeover): old_master
     # and new_master pids, takeover_peers; only those there are.
     others: Dict[str, int]

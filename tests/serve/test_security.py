@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -14,14 +13,9 @@ import time
 from typing import Callable, List, Optional
 
 
-from conftest import DEADLINE, NOBODY, SANITIZED, STARTED, root_only
+from conftest import DEADLINE, NOBODY, SANITIZED, STARTED, free_port, root_only
 from udp_reader.serve import statusfile
 
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def serving_pids(pid_file: str) -> Optional[tuple]:

@@ -12,20 +12,13 @@ counters NoPorts, RcvbufErrors and InErrors must not move.
 
 import os
 import shutil
-import subprocess
 
 import pytest
 
+from conftest import needs_namespace
 from restart_harness import run_in_namespace
 
-
-def _can_unshare() -> bool:
-    return shutil.which("unshare") is not None and subprocess.run(
-        ["unshare", "-n", "true"], capture_output=True).returncode == 0
-
-
-pytestmark = pytest.mark.skipif(not _can_unshare(),
-                                reason="needs `unshare -n` (root or user namespaces)")
+pytestmark = needs_namespace
 HANDLERS = pytest.mark.parametrize("handler", ["packet", "batch"])
 QUIET = {"NoPorts": 0, "RcvbufErrors": 0, "InErrors": 0}
 

@@ -8,7 +8,6 @@ checks of wrong input that touch no group run here directly.
 from __future__ import annotations
 
 import json
-import shutil
 import socket
 import subprocess
 import sys
@@ -16,18 +15,14 @@ from collections import Counter
 
 import pytest
 
+from conftest import can_unshare
 from multicast_harness import COUNT, run_in_namespace
 from udp_reader import Membership, Reader, multicast
 
 COMMAND = [sys.executable, "-m", "udp_reader"]
 
 
-def _can_unshare() -> bool:
-    return all(shutil.which(tool) for tool in ("unshare", "nsenter", "ip")) and subprocess.run(
-        ["unshare", "-n", "true"], capture_output=True).returncode == 0
-
-
-namespaces = pytest.mark.skipif(not _can_unshare(),
+namespaces = pytest.mark.skipif(not can_unshare("nsenter", "ip"),
                                 reason="needs `unshare -n`, nsenter and ip (root)")
 
 

@@ -9,8 +9,7 @@ import struct
 
 import pytest
 
-from conftest import DEADLINE, collect
-from test_properties import cmsg
+from conftest import DEADLINE, cmsg, collect
 from udp_reader import Reader
 from udp_reader._core import _engine_feed
 
@@ -140,10 +139,10 @@ def test_ip_fields_must_be_a_bool(value):
 
 @pytest.mark.parametrize("args, expected", [(("--ip-fields",), b"7 185"), ((), b"None None")])
 def test_serve_passes_the_option_to_its_workers(tmp_path, args, expected):
-    from test_serve import Server
+    from server import Server
     server = Server("answer_handlers:ip_fields", *args, record_dir=str(tmp_path))
     try:
-        server.wait_for("serving")
+        server.status()
         with sender(*IPV4, 7, 0xb9) as c:
             c.settimeout(DEADLINE)
             c.connect(("127.0.0.1", server.port))

@@ -13,17 +13,13 @@ import urllib.request
 import pytest
 
 from conftest import DEADLINE, send
-from test_serve import Server
+from harness import snapshot
+from server import Server, handled, serving
 
 prometheus_client = pytest.importorskip("prometheus_client")
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
 from udp_reader.serve import statusfile  # noqa: E402
-
-
-@pytest.fixture
-def record_dir(tmp_path):
-    return str(tmp_path)
 
 
 def free_tcp_port() -> int:
@@ -33,9 +29,8 @@ def free_tcp_port() -> int:
 
 
 def metrics_url(server: Server) -> str:
-    server.wait_for("metrics on http://")
-    line = next(l for l in server.lines if "metrics on http://" in l)
-    return line.split("metrics on ", 1)[1].strip()
+    """Where the master serves its metrics (its snapshot says)."""
+    return server.status()["metrics"]
 
 
 def scrape(url: str) -> dict:
@@ -52,12 +47,6 @@ def scrape(url: str) -> dict:
 
 def total(samples: dict, name: str) -> float:
     return sum(v for (n, _), v in samples.items() if n == name)
-
-
-def handled(record_dir: str) -> int:
-    """Sequence numbers the recorder handler wrote, over all workers."""
-    return sum(os.path.getsize(os.path.join(record_dir, f)) // 8
-               for f in os.listdir(record_dir) if f.endswith(".seq"))
 
 
 def test_metrics_count_what_was_sent_and_agree_with_status_file_and_log(record_dir):
@@ -99,7 +88,7 @@ def test_metrics_count_what_was_sent_and_agree_with_status_file_and_log(record_d
             assert ("udp_reader_queued_bytes", (("slot", slot),)) in samples
         worker_pids = {dict(labels)["pid"] for (name, labels) in samples
                        if name == "udp_reader_worker_state"}
-        ready = {pid for pid, _ in server.ready_workers()}
+        ready = {str(pid) for pid, _ in server.workers()}
         assert worker_pids == ready and len(ready) == 2
         # The status file tells the same, counted the same way.
         snapshot = statusfile.read(pid_file)
@@ -108,6 +97,7 @@ def test_metrics_count_what_was_sent_and_agree_with_status_file_and_log(record_d
     finally:
         code = server.stop()
     assert code == 0
+    assert any(f"metrics on {url}" in l for l in server.lines)
     assert any(f"stopped: {n} received, {n} delivered" in l for l in server.lines)
 
 
@@ -115,16 +105,14 @@ def test_metrics_of_a_crashed_worker_stay_counted_in_its_slot(record_dir):
     server = Server("recorder:on_packet", "--metrics", "127.0.0.1:0", record_dir=record_dir)
     try:
         url = metrics_url(server)
-        server.wait_for(" ready on slot 0")
         send(("127.0.0.1", server.port), [i.to_bytes(8, "little") for i in range(100)])
         deadline = time.monotonic() + DEADLINE
         while time.monotonic() < deadline and total(
                 scrape(url), "udp_reader_delivered_total") < 100:
             time.sleep(0.1)
-        pid = server.ready_workers()[0][0]
-        os.kill(int(pid), signal.SIGKILL)
-        server.wait_for("takes over its socket and queue")
-        server.wait_for(" ready on slot 0", 2)
+        [(pid, _)] = server.workers()
+        os.kill(pid, signal.SIGKILL)
+        server.status(lambda s: s["events"].get("exits_crashed") == 1 and serving(1)(s))
         send(("127.0.0.1", server.port), [i.to_bytes(8, "little") for i in range(100, 150)])
         while time.monotonic() < deadline:
             samples = scrape(url)
@@ -149,15 +137,16 @@ def test_metrics_survive_an_upgrade_on_the_same_port(record_dir):
                     "--pid-file", pid_file, record_dir=record_dir)
     try:
         url = metrics_url(server)
-        server.wait_for(" ready on slot 0")
-        old_worker = server.ready_workers()[0][0]
+        [(old_worker, _)] = server.workers()
+        old_worker = str(old_worker)
         assert ("udp_reader_worker_state", (("pid", old_worker), ("slot", "0"),
                                             ("state", "serving"))) in scrape(url)
         server.proc.send_signal(signal.SIGUSR2)
         assert server.proc.wait(DEADLINE) == 0  # the old master left: the new one is ready
-        server.wait_for(f"metrics on http://127.0.0.1:{port}/metrics", 2)
+        new = snapshot(pid_file, lambda s: s["pid"] != server.proc.pid)
+        assert new["metrics"] == f"http://127.0.0.1:{port}/metrics"
         assert not any("in use" in l for l in server.lines)
-        new_worker = server.ready_workers()[-1][0]
+        new_worker = str(new["slots"][0]["workers"][0]["pid"])
         assert new_worker != old_worker
         samples = scrape(url)  # the new master answers
         assert samples[("udp_reader_phase", (("phase", "running"),))] == 1
@@ -165,8 +154,8 @@ def test_metrics_survive_an_upgrade_on_the_same_port(record_dir):
                 if name == "udp_reader_worker_state"}
         assert pids == {new_worker}
     finally:
-        server.stop()
-        # The new master, if any, is ours to stop.
+        # The new master, if any, is ours to stop (before the old one's
+        # log can end: it writes to the same stderr).
         try:
             with open(pid_file) as f:
                 new_master = int(f.read())
@@ -177,6 +166,7 @@ def test_metrics_survive_an_upgrade_on_the_same_port(record_dir):
             deadline = time.monotonic() + DEADLINE
             while os.path.exists(pid_file) and time.monotonic() < deadline:
                 time.sleep(0.05)
+        server.stop()
     assert not os.path.exists(pid_file)
 
 
@@ -192,7 +182,7 @@ def test_metrics_port_in_use_is_one_line_and_exit_2(record_dir, holder):
         else:  # an independent instance (not an upgrade, not --takeover) is refused
             first = Server("recorder:on_packet", "--metrics", f"127.0.0.1:{port}",
                            record_dir=record_dir)
-            first.wait_for("metrics on http://")
+            first.status()
         server = Server("recorder:on_packet", "--metrics", f"127.0.0.1:{port}",
                         record_dir=record_dir)
         assert server.proc.wait(DEADLINE) == 2

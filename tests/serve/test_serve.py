@@ -2,84 +2,16 @@
 
 from __future__ import annotations
 
-import glob
 import os
 import re
 import signal
-import socket
-import subprocess
-import sys
-import tempfile
-import threading
 import time
 
 import pytest
 
-from conftest import DEADLINE, STARTED, send
+from conftest import DEADLINE, send
+from server import Server, recorded, serving
 from udp_reader.serve import privileges
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-class Server:
-    """A `udp-reader serve` whose log lines are collected as they come."""
-
-    def __init__(self, handler: str, *args: str, record_dir: str) -> None:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
-        # Handlers come from tests/ and from the record folder.
-        env = dict(os.environ, RECORD_DIR=record_dir,
-                   PYTHONPATH=os.pathsep.join([HERE, record_dir]))
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "udp_reader", "serve", handler,
-             "--bind", f"127.0.0.1:{self.port}", *args],
-            cwd=HERE, env=env, stderr=subprocess.PIPE, text=True)
-        self.lines: list[str] = []
-        self._new = threading.Condition()
-        threading.Thread(target=self._collect, daemon=True).start()
-        STARTED.append(self)
-
-    def _collect(self) -> None:
-        for line in self.proc.stderr:
-            with self._new:
-                self.lines.append(line.rstrip("\n"))
-                self._new.notify_all()
-
-    def ready_workers(self) -> list[tuple[str, str]]:
-        """(pid, slot) of every "worker PID ready on slot N" logged so far."""
-        return [m.groups() for l in self.lines
-                if (m := re.search(r"worker (\d+) ready on slot (\d+)", l))]
-
-    def wait_for(self, text: str, count: int = 1) -> None:
-        with self._new:
-            ok = self._new.wait_for(lambda: sum(text in l for l in self.lines) >= count,
-                                    timeout=DEADLINE)
-        assert ok, f"never saw {text!r} x{count} in:\n" + "\n".join(self.lines)
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(DEADLINE)
-        finally:
-            if self.proc.poll() is None:
-                self.proc.kill()
-                self.proc.wait()
-
-
-@pytest.fixture
-def record_dir():
-    with tempfile.TemporaryDirectory() as d:
-        yield d
-
-
-def recorded(record_dir: str) -> list[bytes]:
-    out = []
-    for path in glob.glob(os.path.join(record_dir, "*.txt")):
-        with open(path, "rb") as f:
-            out += f.read().split(b"\n")[:-1]
-    return sorted(out)
 
 
 def test_handler_that_fails_to_import_is_one_line_and_exit_2(record_dir):
@@ -99,7 +31,7 @@ def test_handler_that_fails_to_import_is_one_line_and_exit_2(record_dir):
 
 def test_handler_exception_is_logged_and_the_worker_carries_on(record_dir):
     server = Server("flaky:on_packet", record_dir=record_dir)
-    server.wait_for("serving")
+    server.status()
     send(("127.0.0.1", server.port), [b"a", b"boom", b"b"] + [b"boom"] * 50 + [b"c"])
     deadline = time.monotonic() + DEADLINE
     while len(recorded(record_dir)) < 3 and time.monotonic() < deadline:
@@ -114,7 +46,7 @@ def test_first_of_each_distinct_handler_error_is_logged_with_its_traceback(recor
     # Without -v: one traceback per kind of error (type and place), not one
     # per error, and none for the repeats.
     server = Server("flaky:on_packet", record_dir=record_dir)
-    server.wait_for("serving")
+    server.status()
     send(("127.0.0.1", server.port), [b"boom"] * 20 + [b"key"] * 20 + [b"boom", b"a"])
     deadline = time.monotonic() + DEADLINE
     while not recorded(record_dir) and time.monotonic() < deadline:
@@ -132,7 +64,7 @@ def test_every_handler_error_is_counted_in_the_log_by_the_stop(record_dir):
     # The log is rate-limited, but the errors of the last second before
     # TERM are told too: reported lines plus "N more" add up to all.
     server = Server("flaky:on_packet", record_dir=record_dir)
-    server.wait_for("serving")
+    server.status()
     send(("127.0.0.1", server.port), [b"boom"] * 150)
     assert server.stop() == 0
     reported = 0
@@ -151,10 +83,10 @@ def test_failed_restart_is_a_rollback(record_dir):
     with open(module, "w") as f:
         f.write("from flaky import on_packet\n")
     server = Server("swappable:on_packet", "--workers", "2", record_dir=record_dir)
-    server.wait_for("serving")
+    server.status()
     os.unlink(module)  # the deploy went wrong: the handler is gone
     server.proc.send_signal(signal.SIGHUP)
-    server.wait_for("rolling restart aborted")
+    server.status(lambda s: s["events"].get("restarts_aborted") == 1)
     # From many source ports, so SO_REUSEPORT would spread them over any
     # socket the failed start had left in the group.
     expected = sorted(b"still-served-%d" % i for i in range(16))
@@ -167,6 +99,7 @@ def test_failed_restart_is_a_rollback(record_dir):
     assert server.stop() == 0
     assert recorded(record_dir) == expected
     assert any("No module named 'swappable'" in l for l in server.lines)
+    assert any("rolling restart aborted" in l for l in server.lines)
     # Aborted is not complete: never told as a restart that happened.
     assert not any("rolling restart complete" in l for l in server.lines)
     # Every line of the master's log says when it happened.
@@ -176,12 +109,10 @@ def test_failed_restart_is_a_rollback(record_dir):
 
 def test_killed_worker_is_replaced_on_the_same_socket(record_dir):
     server = Server("flaky:on_packet", record_dir=record_dir)
-    server.wait_for("worker")
-    server.wait_for("serving")
-    pid = int(server.ready_workers()[0][0])
+    [(pid, _)] = server.workers(serving(1))
     os.kill(pid, signal.SIGKILL)
-    server.wait_for("takes over its socket and queue")
-    server.wait_for("ready", 2)
+    [(new, _)] = server.workers(lambda s: s["events"].get("exits_crashed") == 1 and serving(1)(s))
+    assert new != pid
     send(("127.0.0.1", server.port), [b"after"])
     deadline = time.monotonic() + DEADLINE
     while not recorded(record_dir) and time.monotonic() < deadline:
@@ -196,7 +127,7 @@ def test_killed_worker_is_replaced_on_the_same_socket(record_dir):
 def test_pid_file_written_and_removed(record_dir):
     pid_file = os.path.join(record_dir, "serve.pid")
     server = Server("flaky:on_packet", "--pid-file", pid_file, record_dir=record_dir)
-    server.wait_for("serving")
+    server.status()
     with open(pid_file) as f:
         assert int(f.read()) == server.proc.pid
     assert server.stop() == 0
@@ -250,7 +181,7 @@ def test_pid_file_replaces_a_planted_link_and_never_follows_it(record_dir):
     os.symlink(victim, pid_file)
     os.symlink(victim, pid_file + ".tmp")  # the name the old code wrote through
     server = Server("flaky:on_packet", "--pid-file", pid_file, record_dir=record_dir)
-    server.wait_for("serving")
+    server.status()
     assert not os.path.islink(pid_file)
     with open(pid_file) as f:
         assert int(f.read()) == server.proc.pid
@@ -264,28 +195,36 @@ def test_kernel_drops_are_logged_while_they_happen(record_dir):
     # A small buffer and a handler asleep: the queue overflows while the
     # worker is stuck, and the master says so then, not at the stop.
     server = Server("flaky:on_packet", "--rcvbuf", "65536", record_dir=record_dir)
-    server.wait_for("serving")
+    server.status()
     send(("127.0.0.1", server.port), [b"sleep"] + [b"x" * 100] * 2000)
-    server.wait_for("the kernel dropped")
-    line = next(l for l in server.lines if "the kernel dropped" in l)
-    assert "socket of slot 0 (worker " in line and "receive queue was full" in line
+    server.status(lambda s: s["kernel_drops"] > 0)
     assert server.proc.poll() is None
     server.proc.send_signal(signal.SIGQUIT)  # fast: do not wait for the sleeper
-    assert server.proc.wait(DEADLINE) == 0
+    assert server.stop() == 0
+    told = [i for i, l in enumerate(server.lines) if "the kernel dropped" in l]
+    assert told, server.lines
+    line = server.lines[told[0]]
+    assert "socket of slot 0 (worker " in line and "receive queue was full" in line
+    # Told while it happened: before the stop, not in its summary.
+    stopped = next(i for i, l in enumerate(server.lines) if "fast stop" in l)
+    assert told[0] < stopped
 
 
 def test_a_second_interrupt_makes_a_graceful_stop_fast(record_dir):
     server = Server("flaky:on_packet", record_dir=record_dir)
-    server.wait_for("serving")
+    server.status()
     send(("127.0.0.1", server.port), [b"sleep"])
-    time.sleep(0.2)
+    server.status(lambda s: any(w["stats"].get("busy_for", 0) > 0
+                                for x in s["slots"] for w in x["workers"]))  # asleep
     server.proc.send_signal(signal.SIGINT)
-    server.wait_for("graceful stop")
+    server.status(lambda s: s["phase"] == "stopping")
     server.proc.send_signal(signal.SIGINT)
-    server.wait_for("fast stop")
     # The handler sleeps a minute and the graceful timeout is 30 s: only the
     # fast stop ends this within the deadline.
     assert server.proc.wait(DEADLINE) == 0
+    assert server.stop() == 0
+    graceful = next(i for i, l in enumerate(server.lines) if "graceful stop" in l)
+    assert any("fast stop" in l for l in server.lines[graceful:]), server.lines
     assert any("did not leave within 5 s" in l for l in server.lines)
 
 

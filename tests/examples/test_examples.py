@@ -23,9 +23,9 @@ import pytest
 import statsd
 
 from conftest import DEADLINE, wait_until_bound
-from test_serve import Server
+from places import EXAMPLES
+from server import Server
 
-EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
 
 
 def needs(*tools: str) -> None:
@@ -47,7 +47,7 @@ def tool(command: list[str], **kwargs):
 def serve_example(name: str, handler: str, record_dir: str, *args: str) -> Server:
     shutil.copy(os.path.join(EXAMPLES, f"{name}.py"), record_dir)  # on the server's PYTHONPATH
     server = Server(f"{name}:{handler}", *args, record_dir=record_dir)
-    server.wait_for("serving")
+    server.status()
     return server
 
 

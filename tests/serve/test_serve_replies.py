@@ -8,7 +8,7 @@ import socket
 import pytest
 
 from conftest import DEADLINE
-from test_serve import Server, record_dir  # noqa: F401 (a fixture)
+from server import Server
 
 
 def ask(port: int, payloads: list[bytes], answers: int) -> list[bytes]:
@@ -27,10 +27,10 @@ def ask(port: int, payloads: list[bytes], answers: int) -> list[bytes]:
     ("answer_handlers:echo_batch", ("--batches",),
      [b"batch:a", b"batch:silence", b"batch:twice", b"batch:b"]),
 ])
-def test_a_served_handler_answers_clients(record_dir, handler, args, expected):  # noqa: F811
+def test_a_served_handler_answers_clients(record_dir, handler, args, expected):
     server = Server(handler, *args, record_dir=record_dir)
     try:
-        server.wait_for("serving")
+        server.status()
         got = ask(server.port, [b"a", b"silence", b"twice", b"b"], len(expected))
     finally:
         assert server.stop() == 0

@@ -3,7 +3,7 @@
 `unshare -n python multicast_harness.py SCENARIO` sets up the namespace
 (lo with multicast on; a veth pair to a second namespace where a scenario
 needs one), runs the scenario and prints one JSON object of what every
-reader got, for tests/test_multicast.py to judge. Nothing here asserts.
+reader got, for test_multicast.py to judge. Nothing here asserts.
 
 The second namespace is a sleeping `unshare -n` child; the sender runs in
 it through `nsenter`, as `multicast_harness.py send JSON`. Both namespaces
@@ -22,10 +22,10 @@ import tempfile
 import time
 from typing import Dict, List
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/
 
-from restart_harness import Adopted, Harness, wait_gone  # noqa: E402
+from harness import Harness, upgraded, wait_gone  # noqa: E402
+from places import HANDLERS  # noqa: E402
 from udp_reader import Reader  # noqa: E402
 
 DEADLINE = 20.0  # no wait here is longer
@@ -281,11 +281,10 @@ def scenario_serve() -> dict:
             first = numbered(port, 0, 2000)
             wait_records(h, 2000)
             master.send_signal(signal.SIGUSR2)
-            new = h.notify.wait_for(lambda m: m.get("READY") == "1"
-                                    and m.get("MAINPID") != str(master.pid))
+            new = upgraded(h, master)
             wait_gone(master.pid)
             facts["old_master_exit"] = master.wait(DEADLINE)
-            master = Adopted(int(new["MAINPID"]))
+            master = new
             second = numbered(port, 2000, 2000)
             wait_records(h, 4000)
         finally:
@@ -336,7 +335,7 @@ def scenario_cli_errors() -> dict:
     out = {}
     for name, args in cases.items():
         result = subprocess.run([*COMMAND, *args], capture_output=True, text=True,
-                                timeout=DEADLINE, cwd=HERE)
+                                timeout=DEADLINE, cwd=HANDLERS)
         out[name] = [result.returncode, result.stderr]
     return out
 

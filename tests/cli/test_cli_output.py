@@ -335,6 +335,12 @@ def _used_port():
     (["listen", "127.0.0.1:0", "--rcvbuf", "0"], "--rcvbuf must be a positive int, not 0"),
     (["send", "127.0.0.1:9", "--size", "65508"], "size 65508 is over 65507 bytes"),
     (["send", "[::1]:9", "--size", "65528"], "must be within 0..65527"),
+    (["watch", ":0"], "needs the port to watch"),
+    (["watch", "localhost:9"], "numeric IP address"),
+    (["watch", ":9", "--interface", "no-such-if0"], "interface 'no-such-if0' does not exist"),
+    (["watch", ":9", "--rcvbuf", "0"], "--rcvbuf must be at least 1"),
+    (["watch", ":9", "--top", "--format", "hex"], "--top shows a table"),
+    (["listen", ":9", "--share", "--no-reuseport"], "leave out --no-reuseport"),
 ])
 def test_wrong_input_gives_one_line_and_exit_2(args, words):
     result = subprocess.run([*COMMAND, *args], capture_output=True, text=True, timeout=DEADLINE)

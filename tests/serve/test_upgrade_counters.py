@@ -4,10 +4,8 @@ master's, and a serve in a terminal's foreground keeps the terminal."""
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import pty
-import re
 import select
 import signal
 import subprocess
@@ -15,35 +13,20 @@ import sys
 import termios
 import time
 
-import pytest
-
 from conftest import DEADLINE, send
-from test_serve import HERE, Server
-from test_status_command import handled, status
-
-
-@pytest.fixture
-def record_dir(tmp_path):
-    return str(tmp_path)
-
-
-def snapshot(pid_file: str) -> dict:
-    shown = status("--pid-file", pid_file, "--json")
-    return json.loads(shown.stdout) if shown.returncode == 0 else {}
+from harness import snapshot
+from places import HANDLERS
+from server import Server, handled
 
 
 def delivered(snap: dict) -> int:
     return sum(s["totals"].get("delivered", 0) for s in snap.get("slots", []))
 
 
-def wait_for_status(pid_file: str, done) -> dict:
-    deadline = time.monotonic() + DEADLINE
-    snap = snapshot(pid_file)
-    while not done(snap) and time.monotonic() < deadline:
-        time.sleep(0.1)
-        snap = snapshot(pid_file)
-    assert done(snap), snap
-    return snap
+def upgraded(pid_file: str, old: int) -> dict:
+    """The snapshot of the master that took over from `old`, once the old
+    one has left."""
+    return snapshot(pid_file, lambda s: s["pid"] != old and "old_master" not in s["others"])
 
 
 def test_totals_go_on_across_an_upgrade(record_dir):
@@ -52,42 +35,44 @@ def test_totals_go_on_across_an_upgrade(record_dir):
                     record_dir=record_dir)
     new_master = None
     try:
-        server.wait_for("serving")
+        server.status()
         for flow in range(4):
             send(("127.0.0.1", server.port), [i.to_bytes(8, "little") for i in range(flow, 200, 4)])
-        wait_for_status(pid_file, lambda s: delivered(s) == 200)
+        server.status(lambda s: delivered(s) == 200)
         server.proc.send_signal(signal.SIGUSR2)
         assert server.proc.wait(DEADLINE) == 0  # no terminal here: the old master exits
-        new_master = int(re.search(r"new master (\d+) started",
-                                   "\n".join(server.lines)).group(1))
-        server.wait_for("the old master has left")
         # The new master's totals start from the old one's.
-        snap = wait_for_status(pid_file, lambda s: s.get("pid") == new_master)
+        snap = upgraded(pid_file, server.proc.pid)
+        new_master = snap["pid"]
         assert delivered(snap) == 200
         assert sum(s["totals"]["received"] for s in snap["slots"]) == 200
         assert snap["events"]["worker_starts"] == 4  # 2 old, 2 new
         for flow in range(4):
             send(("127.0.0.1", server.port),
                  [i.to_bytes(8, "little") for i in range(200 + flow, 300, 4)])
-        snap = wait_for_status(pid_file, lambda s: delivered(s) == 300)
+        snapshot(pid_file, lambda s: delivered(s) == 300)
         assert handled(record_dir) == 300
     finally:
-        server.stop()
-        if new_master is not None:
+        if new_master is not None:  # first: it writes to the old master's stderr too
             os.kill(new_master, signal.SIGTERM)
             deadline = time.monotonic() + DEADLINE
             while os.path.exists(pid_file) and time.monotonic() < deadline:
                 time.sleep(0.05)
+        server.stop()
+    assert any("the old master has left" in l for l in server.lines)
     assert not os.path.exists(pid_file)
 
 
 def test_a_foreground_serve_keeps_the_terminal_across_an_upgrade(record_dir):
     # As a shell runs it: the terminal's foreground process group is serve's.
     controller, terminal = pty.openpty()
-    env = dict(os.environ, RECORD_DIR=record_dir, PYTHONPATH=os.pathsep.join([HERE, record_dir]))
+    pid_file = os.path.join(record_dir, "serve.pid")
+    env = dict(os.environ, RECORD_DIR=record_dir,
+               PYTHONPATH=os.pathsep.join([HANDLERS, record_dir]))
     proc = subprocess.Popen(
         [sys.executable, "-m", "udp_reader", "serve", "recorder:on_packet", "--bind",
-         "127.0.0.1:0"], stdin=terminal, stdout=terminal, stderr=terminal, cwd=HERE, env=env,
+         "127.0.0.1:0", "--pid-file", pid_file], stdin=terminal, stdout=terminal,
+        stderr=terminal, cwd=HANDLERS, env=env,
         start_new_session=True, preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0))
     os.close(terminal)
     seen = b""
@@ -105,10 +90,12 @@ def test_a_foreground_serve_keeps_the_terminal_across_an_upgrade(record_dir):
 
     new_master = None
     try:
+        snapshot(pid_file, lambda s: s["pid"] == proc.pid)
         read_until(b"serving recorder:on_packet")
         proc.send_signal(signal.SIGUSR2)
+        new_master = upgraded(pid_file, proc.pid)["pid"]
+        # What the person at the terminal reads.
         read_until(b"the old master has left")
-        new_master = int(re.search(rb"new master (\d+) started", seen).group(1))
         read_until(b"this process waits for it")
         # The prompt would not come back: the process the shell waits for is there.
         assert proc.poll() is None

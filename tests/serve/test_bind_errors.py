@@ -14,11 +14,12 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 
 import pytest
 
-from conftest import DEADLINE, NOBODY, root_only, wait_until_bound
+from conftest import DEADLINE, NOBODY, free_port, root_only, wait_until_bound
+from harness import wait_until
+from udp_reader.serve import statusfile
 
 HANDLER = """\
 import os
@@ -57,11 +58,6 @@ def refused(command: list, marker_dir) -> str:
     assert not (marker_dir / "started").exists(), "the handler ran before the bind error"
     return line
 
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.mark.parametrize("host", ["", "127.0.0.1", "0.0.0.0"])
@@ -141,18 +137,17 @@ def test_a_reuseport_group_of_the_same_user_is_joined(marker_dir):
         ours.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         ours.bind(("127.0.0.1", 0))
         port = ours.getsockname()[1]
-        proc = subprocess.Popen(serve_command(f"127.0.0.1:{port}"), env=serve_env(marker_dir),
-                                stderr=subprocess.PIPE, text=True)
-        watchdog = threading.Timer(DEADLINE, proc.kill)  # a serve that hangs ends the test
-        watchdog.start()
+        pid_file = str(marker_dir / "serve.pid")
+        proc = subprocess.Popen([*serve_command(f"127.0.0.1:{port}"), "--pid-file", pid_file],
+                                env=serve_env(marker_dir), stderr=subprocess.PIPE, text=True)
         try:
-            for line in proc.stderr:
-                if " serving " in line or "error" in line:
-                    break
-            assert " serving " in line, line
+            # Serving (its status file is written), unless it was refused.
+            wait_until(lambda: proc.poll() is not None
+                       or os.path.exists(statusfile.path_for(pid_file)), DEADLINE)
+            assert proc.poll() is None, proc.communicate()[1]
+            assert statusfile.read(pid_file)["phase"] == "running"
             assert (marker_dir / "started").exists()
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.communicate(timeout=DEADLINE)
-            watchdog.cancel()
         assert proc.returncode == 0

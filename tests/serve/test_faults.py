@@ -12,7 +12,7 @@ import time
 import pytest
 
 from conftest import DEADLINE, SANITIZED, collect, send
-from test_serve import Server, recorded
+from server import Server, recorded, serving
 from udp_reader import Reader
 
 
@@ -88,12 +88,12 @@ def test_descriptor_exhaustion_is_a_clear_error_and_leaks_nothing():
 
 def test_serve_out_of_descriptors_keeps_its_workers(tmp_path):
     server = Server("flaky:on_packet", record_dir=str(tmp_path))
-    server.wait_for("serving")
+    server.status()
     pid = server.proc.pid
     in_use = len(os.listdir(f"/proc/{pid}/fd"))
     resource.prlimit(pid, resource.RLIMIT_NOFILE, (in_use, in_use))
     server.proc.send_signal(signal.SIGTTIN)
-    server.wait_for("cannot start a worker: Too many open files")
+    server.told("cannot start a worker: Too many open files")
     send(("127.0.0.1", server.port), [b"still-served"])
     deadline = time.monotonic() + DEADLINE
     while not recorded(str(tmp_path)) and time.monotonic() < deadline:
@@ -131,8 +131,7 @@ def test_a_reader_out_of_memory_is_told_as_one_and_its_worker_replaced(tmp_path)
                     f.write(packet.data + b"\\n")
             """))
     server = Server("keeper:on_packet", record_dir=str(tmp_path))
-    server.wait_for("serving")
-    (worker, _), = server.ready_workers()
+    [(worker, _)] = server.workers()
     with open(f"/proc/{worker}/status") as f:
         size = next(int(l.split()[1]) for l in f if l.startswith("VmSize:")) * 1024
     resource.prlimit(int(worker), resource.RLIMIT_AS, (size + (1 << 20), size + (1 << 20)))
@@ -159,16 +158,16 @@ def test_serve_out_of_descriptors_when_a_worker_dies_keeps_serving(tmp_path):
     # be opened to take its slot off the port: logged, retried, and the
     # other worker serves on; with descriptors back, the slot is served again.
     server = Server("flaky:on_packet", "--workers", "2", record_dir=str(tmp_path))
-    server.wait_for("serving")
     pid = server.proc.pid
     limits = resource.prlimit(pid, resource.RLIMIT_NOFILE)
-    (victim, victim_slot), _ = server.ready_workers()
+    (victim, victim_slot), _ = server.workers(serving(2))
     # Its three descriptors come free when it is reaped: leave none over.
     in_use = len(os.listdir(f"/proc/{pid}/fd")) - 3
     resource.prlimit(pid, resource.RLIMIT_NOFILE, (in_use, limits[1]))
     os.kill(int(victim), signal.SIGKILL)
-    server.wait_for(f"cannot take slot {victim_slot} off the port")
+    server.told(f"cannot take slot {victim_slot} off the port")
     assert server.proc.poll() is None
     resource.prlimit(pid, resource.RLIMIT_NOFILE, limits)
-    server.wait_for("ready on slot", 3)  # the slot has a worker again
+    # The slot has a worker again.
+    server.status(lambda s: s["events"].get("exits_crashed") == 1 and serving(2)(s))
     assert server.stop() == 0

@@ -10,19 +10,10 @@ import subprocess
 
 import pytest
 
-from conftest import DEADLINE
+from conftest import DEADLINE, needs_namespace
 from test_cli import COMMAND
 from udp_reader import served
 from watch_harness import run_in_namespace
-
-
-def _can_unshare() -> bool:
-    return shutil.which("unshare") is not None and subprocess.run(
-        ["unshare", "-n", "true"], capture_output=True).returncode == 0
-
-
-needs_namespace = pytest.mark.skipif(not _can_unshare(),
-                                     reason="needs `unshare -n` (root or user namespaces)")
 
 
 @needs_namespace
@@ -89,21 +80,6 @@ def test_watch_without_cap_net_raw_is_one_line_and_exit_2():
                             capture_output=True, text=True, timeout=DEADLINE)
     assert result.returncode == 2
     assert result.stderr.strip() == "udp-reader: error: watching needs root or CAP_NET_RAW"
-
-
-@pytest.mark.parametrize("args, words", [
-    (["watch", ":0"], "needs the port to watch"),
-    (["watch", "localhost:9"], "numeric IP address"),
-    (["watch", ":9", "--interface", "no-such-if0"], "interface 'no-such-if0' does not exist"),
-    (["watch", ":9", "--rcvbuf", "0"], "--rcvbuf must be at least 1"),
-    (["watch", ":9", "--top", "--format", "hex"], "--top shows a table"),
-    (["listen", ":9", "--share", "--no-reuseport"], "leave out --no-reuseport"),
-])
-def test_watch_wrong_input_gives_one_line_and_exit_2(args, words):
-    result = subprocess.run([*COMMAND, *args], capture_output=True, text=True, timeout=DEADLINE)
-    assert result.returncode == 2, result
-    [line] = result.stderr.splitlines()
-    assert line.startswith("udp-reader: error: ") and words in line
 
 
 def test_a_batch_of_records_from_another_source_is_checked_and_cannot_answer():

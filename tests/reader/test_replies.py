@@ -7,7 +7,6 @@ import errno
 import gc
 import json
 import logging
-import shutil
 import socket
 import subprocess
 import sys
@@ -16,7 +15,7 @@ import threading
 
 import pytest
 
-from conftest import DEADLINE, collect, send
+from conftest import DEADLINE, collect, needs_namespace, send
 from udp_reader import Reader, answering
 from udp_reader.options import MAX_PAYLOAD
 
@@ -369,12 +368,7 @@ NAMESPACE_SCRIPT = textwrap.dedent("""
 """) % (IP_MTU_DISCOVER, IP_PMTUDISC_DO)
 
 
-def _can_unshare() -> bool:
-    return shutil.which("unshare") is not None and subprocess.run(
-        ["unshare", "-n", "true"], capture_output=True).returncode == 0
-
-
-@pytest.mark.skipif(not _can_unshare(), reason="needs `unshare -n`")
+@needs_namespace
 def test_over_the_path_mtu_with_dont_fragment_is_a_precise_error():
     # In a namespace of its own, where lo can get a small MTU.
     result = subprocess.run(["unshare", "-n", sys.executable, "-c", NAMESPACE_SCRIPT],
@@ -417,7 +411,7 @@ FULL_BUFFER_SCRIPT = textwrap.dedent("""
 """)
 
 
-@pytest.mark.skipif(not _can_unshare(), reason="needs `unshare -n`")
+@needs_namespace
 def test_a_full_send_buffer_is_waited_out_briefly_then_counted():
     result = subprocess.run(["unshare", "-n", sys.executable, "-c", FULL_BUFFER_SCRIPT],
                             capture_output=True, text=True, timeout=60)

@@ -16,8 +16,8 @@ import time
 import pytest
 
 from conftest import DEADLINE
+from places import EXAMPLES
 
-EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
 
 
 class Example:

@@ -30,9 +30,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import DEADLINE, wait_until_bound
-from test_serve import Server
+from places import EXAMPLES
+from server import Server, serving
 
-EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
 sys.path.insert(0, EXAMPLES)
 import netflow_v9  # noqa: E402
 from netflow_v9 import (MAX_BOOTS, MAX_FIELDS, MAX_STATE_BYTES, MAX_TEMPLATES,  # noqa: E402
@@ -252,7 +252,7 @@ def test_softflowd_export_decoded_as_nfdump_reads_it(version, record_dir, monkey
     monkeypatch.setenv("NETFLOW_OUT", out)
     shutil.copy(os.path.join(EXAMPLES, "netflow_v9.py"), record_dir)  # on the server's path
     server = Server("netflow_v9:on_batch", "--batches", record_dir=record_dir)
-    wait_until_bound(server.port)
+    server.status(until=serving(1))
     replay(datagrams, server.port)
     assert server.stop() == 0
     ours = json_lines(out)

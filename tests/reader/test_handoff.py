@@ -11,8 +11,8 @@ import threading
 import pytest
 
 from conftest import DEADLINE, collect, send
+from harness import activator_env
 from udp_reader import Reader, systemd
-from restart_harness import activator_env
 from udp_reader.handoff import (HandoffServer, export_for_exec, fetch_sockets,
                                 private_path)
 

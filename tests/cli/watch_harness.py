@@ -21,7 +21,10 @@ import time
 
 import numpy as np
 
-from restart_harness import DEADLINE, HERE, Notifications, Sender
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/
+
+from harness import DEADLINE, Notifications, Sender  # noqa: E402
+from places import HANDLERS  # noqa: E402
 
 PORT = 7777
 OTHER_PORT = PORT + 1  # traffic the watcher must not show
@@ -36,11 +39,11 @@ class Serve:
         self.dir = directory
         self.notify = Notifications(directory)
         env = dict(os.environ, RECORD_DIR=directory, NOTIFY_SOCKET=self.notify.path,
-                   PYTHONPATH=HERE + os.pathsep + os.environ.get("PYTHONPATH", ""))
+                   PYTHONPATH=HANDLERS + os.pathsep + os.environ.get("PYTHONPATH", ""))
         self.log = open(os.path.join(directory, "serve.log"), "w")
         self.proc = subprocess.Popen(
             [*COMMAND, "serve", "recorder:on_batch", "--batches", "--workers", "2",
-             "--bind", f":{PORT}"], env=env, cwd=HERE, stderr=self.log)
+             "--bind", f":{PORT}"], env=env, cwd=HANDLERS, stderr=self.log)
         self.notify.ready()
 
     def numbers(self) -> np.ndarray:
@@ -212,7 +215,7 @@ def rate(rate: int, seconds: float, *watch_args: str) -> dict:
         watcher = start(d, "watch", "watch", f":{PORT}", "--count", str(count),
                         "--status-interval", "0", *(watch_args or ("--format", "none")))
         before = cpu_seconds(watcher.pid)
-        sender = Sender(rate, size=64, limit=count, max_seconds=seconds + DEADLINE)
+        sender = Sender(rate, size=64, limit=count, max_seconds=seconds + DEADLINE, port=PORT)
         sender.run()  # in this thread: it ends after `count` numbers
         handled = serve.wait_for(count)
         deadline = time.monotonic() + DEADLINE

@@ -11,22 +11,13 @@ import time
 import pytest
 
 from conftest import DEADLINE, send
-from test_serve import Server
+from server import Server, handled, serving
 
-
-@pytest.fixture
-def record_dir(tmp_path):
-    return str(tmp_path)
 
 
 def status(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "udp_reader", "status", *args],
                           capture_output=True, text=True, timeout=DEADLINE)
-
-
-def handled(record_dir: str) -> int:
-    return sum(os.path.getsize(os.path.join(record_dir, f)) // 8
-               for f in os.listdir(record_dir) if f.endswith(".seq"))
 
 
 def test_status_of_a_running_server_then_of_a_stopped_one(record_dir):
@@ -35,8 +26,7 @@ def test_status_of_a_running_server_then_of_a_stopped_one(record_dir):
     server = Server("recorder:on_packet", "--workers", "2", "--pid-file", pid_file,
                     record_dir=record_dir)
     try:
-        server.wait_for("serving")
-        workers = dict(server.ready_workers())
+        workers = {str(pid): str(slot) for pid, slot in server.workers(serving(2))}
         assert len(workers) == 2
         for flow in range(10):
             send(("127.0.0.1", server.port),

@@ -13,11 +13,11 @@ from typing import Dict, List
 
 import pytest
 
+import places
 from udp_reader.cli.main import build_parser
 from udp_reader.options import ReaderOptions
 
-ROOT = next(p for p in pathlib.Path(__file__).resolve().parents
-            if (p / "pyproject.toml").exists())
+ROOT = pathlib.Path(places.ROOT)
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 # A page's section per command: '## udp-reader listen', at any level.
 COMMAND_HEADING = re.compile(r"^#+ udp-reader ([a-z-]+)$", flags=re.M)

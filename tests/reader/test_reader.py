@@ -11,8 +11,8 @@ import pytest
 
 from conftest import (DEADLINE, as_nobody, collect, lo_index, open_fds, rmem, root_only, send,
                       steer, wait_until_bound)
-from udp_reader import Reader, listen, sockets
-from udp_reader.options import DEFAULT_RCVBUF
+from udp_reader import Reader, ReaderOptions, listen, sockets
+from udp_reader.options import DEFAULT_BATCH, DEFAULT_RCVBUF, MAX_PAYLOAD
 
 
 def test_ipv4_packet_metadata(reader):
@@ -524,3 +524,13 @@ def test_batch_records_are_read_only_numpy_views():
 
         reader.run_batches(on_batch)
     assert seen == [3, 2]
+
+
+def test_defaults_are_the_readers():
+    options = ReaderOptions()
+    assert options.as_kwargs() == {
+        "min_size": 0, "max_size": MAX_PAYLOAD, "batch_size": DEFAULT_BATCH,
+        "rcvbuf": DEFAULT_RCVBUF, "gro": False, "timestamps": False, "ip_fields": False}
+    with Reader("127.0.0.1:0", **options.as_kwargs()) as reader:
+        assert (reader.min_size, reader.max_size, reader.batch_size) == (0, MAX_PAYLOAD,
+                                                                         DEFAULT_BATCH)
