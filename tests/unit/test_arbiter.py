@@ -657,3 +657,56 @@ def test_an_old_master_slow_to_leave_is_not_waited_for_past_handover_wait(master
     m.step(0.2)
     assert m.arbiter.phase is Phase.RUNNING and w.commands() == ["go"]
     old.leave()
+
+
+@pytest.mark.parametrize("why", ["hup", "max_packets"])
+def test_a_stop_during_a_handover_has_the_incoming_worker_drain_the_socket(master, why):
+    """The reader was told to let go (it no longer reads) and the incoming
+    worker has not read yet: a stop now must not leave the queue to nobody."""
+    m = master(max_packets=100)
+    (old,) = m.start()
+    if why == "hup":
+        m.signal(signal.SIGHUP)
+    else:
+        old.say(recycle=True, stats={"delivered": 100})
+        m.step()
+    m.step()
+    (new,) = m.new_workers()
+    new.say(ready=True)
+    m.step()
+    assert old.commands() == ["go", "retire"] and new.commands() == []
+    m.signal(signal.SIGTERM)
+    assert m.slot().listener.shed
+    assert new.commands() == ["drain"] and new.state is State.LEAVING
+    assert old.commands() == ["go", "retire"]  # it finishes the receive it holds
+    for w in (old, new):
+        w.exit(0)
+    assert m.step() == 0
+
+
+def test_a_slot_whose_new_socket_never_joined_the_port_is_not_taken_off_it_again(
+        master, monkeypatch):
+    """Slot 1 has no reader and leaves the port for a fresh socket, which
+    joins only once a worker for it is ready: while none can start, that
+    socket is not on the port, so there is nothing to take off."""
+    fresh: List[FakeListener] = []
+
+    def new_listener(config):
+        listener = FakeListener()
+        listener.unbound = ("127.0.0.1", 9999)
+        fresh.append(listener)
+        return listener
+
+    monkeypatch.setattr(sources, "new_listener", new_listener)
+    m = master(workers=2)
+    first = m.start()
+    first[1].exit(protocol.EXIT_READER_FAILED)
+    m.processes.refuse = {1}
+    m.step()
+    m.step(1.1)  # after its back-off, slot 1's worker cannot start
+    assert len(fresh) == 1 and len(m.arbiter.group.drains) == 1
+    m.processes.refuse = {1}
+    m.step(2.1)  # nor the next: the fresh socket stays, unbound, for the next try
+    assert len(fresh) == 1 and len(m.arbiter.group.drains) == 1
+    assert [s.listener for s in m.arbiter.group.slots if s.index == 1] == fresh
+    assert not fresh[0].shed

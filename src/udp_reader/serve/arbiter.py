@@ -387,8 +387,12 @@ class Arbiter:
             self.group.remove(slot)
         else:
             self._retry_later(slot, why)
-            if not self.group.shared and self.holders.may_shed(slot.listener) and any(
-                    s.reader is not None for s in self.group.slots):
+            # A fresh socket (this slot left the port before) joins it only
+            # with its first reader: until then there is nothing to take off.
+            on_port = slot.listener.unbound is None
+            others_read = any(s.reader is not None for s in self.group.slots)
+            if (on_port and others_read and not self.group.shared
+                    and self.holders.may_shed(slot.listener)):
                 self.group.off_port(slot, self.now() + self._leave_limit())
 
     def _retry_later(self, slot: Slot, why: str) -> None:
@@ -492,8 +496,13 @@ class Arbiter:
             systemd.notify("STOPPING=1")
         log.info("%s stop of %d worker(s)", how.value, len(self.workers))
         for slot in self.group.every():
-            slot.forget_incoming(now + deadlines.FAST_STOP)
             listener, worker = slot.listener, slot.reader
+            # Mid-handover the reader was told to let go and reads no more:
+            # the ready incoming worker is the one left to drain the socket.
+            handing_over = (slot.incoming_ready and worker is not None
+                            and worker.state is State.LEAVING)
+            if fast or listener.unbound is not None or not handing_over:
+                slot.forget_incoming(now + deadlines.FAST_STOP)
             if fast or listener.unbound is not None:
                 continue
             # Sockets nobody else holds leave the port and are drained; the
@@ -503,7 +512,11 @@ class Arbiter:
                     listener.leave_group()
                 except OSError as e:  # its workers then finish what they hold
                     log.error("cannot shed the socket of %s: %s", slot, describe(e))
-            if worker is not None and worker.state is State.SERVING:
+            if handing_over and listener.shed:
+                slot.take_turn().tell(protocol.DRAIN, State.LEAVING, now + self._leave_limit())
+            elif handing_over:
+                slot.forget_incoming(now + deadlines.FAST_STOP)  # the other holders read it
+            elif worker is not None and worker.state is State.SERVING:
                 worker.tell(protocol.DRAIN if listener.shed else protocol.RETIRE,
                             State.LEAVING, now + self._leave_limit())
         for worker in self.workers.values():
