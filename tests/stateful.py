@@ -35,5 +35,6 @@ def worker_stop() -> None:
     if handed or not counts:
         return
     path = os.path.join(os.environ["STATEFUL_OUT"], f"{os.getpid()}.json")
-    with open(path, "w") as f:
+    with open(path, "a") as f:
         f.write(json.dumps(counts) + "\n")
+    counts.clear()  # flushed: what is left for a later start is nothing

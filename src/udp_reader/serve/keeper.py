@@ -132,6 +132,8 @@ class Keeper:
         """Nobody follows (drain) and worker_stop() has flushed: what is left
         (templates, gauges) stays for a later start with --state-dir,
         unless the master forgot the slot (it left the group)."""
+        if not self.file.still_ours():
+            return  # not even locked: the lock file would outlive the slot
         with self.file.locked():
             if self.file.still_ours():
                 payload = self._save(final=False)
