@@ -20,6 +20,7 @@ from conftest import DEADLINE
 from udp_reader.serve import state
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+EXAMPLES = os.path.join(os.path.dirname(HERE), "examples")
 
 
 def free_port() -> int:
@@ -49,7 +50,8 @@ class Serve:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "udp_reader", "serve", handler,
              "--bind", f"127.0.0.1:{self.port}", "--pid-file", self.pid_file, *args],
-            cwd=HERE, env=dict(os.environ, PYTHONPATH=HERE, **env), stderr=self.log)
+            cwd=HERE, env=dict(os.environ, PYTHONPATH=os.pathsep.join([HERE, EXAMPLES]), **env),
+            stderr=self.log)
         self.master = self.proc.pid
 
     def snapshot(self, until: Callable[[dict], bool]) -> dict:
