@@ -48,6 +48,8 @@ class Keeper:
         self.interval = interval  # 0: only at the hand-over
         self.merged: Dict[int, Optional[int]] = {}  # other slot: inode merged last
         self.due = threading.Event()
+        self._ticking = False
+        self._tick_lock = threading.Lock()
         self._warned: set = set()
 
     @classmethod
@@ -66,6 +68,13 @@ class Keeper:
         worker left, then claim the file, so a previous worker late in
         leaving sees it is no longer the slot's and flushes for itself.
         A worker that only drains a slot leaving the group does not claim it."""
+        try:
+            self._take(claim)
+        except OSError as e:
+            log.error("state of slot %d not read (%s); starting empty", self.file.slot, e)
+        self.merge_others()
+
+    def _take(self, claim: bool) -> None:
         with self.file.locked():
             try:
                 found = self.file.read()
@@ -80,21 +89,29 @@ class Keeper:
                          len(found.payload))
             if claim:
                 self._write(final=False)
-        self.merge_others()
 
     def start_ticking(self, wake: Callable[[], None]) -> None:
         """Every interval, mark a checkpoint due and wake the reader so the
         main thread takes it between handler calls."""
         if self.interval <= 0:
             return
+        self._ticking = True
 
         def tick() -> None:
             while True:
                 time.sleep(self.interval)
-                self.due.set()
-                wake()
+                with self._tick_lock:
+                    if not self._ticking:
+                        return
+                    self.due.set()
+                    wake()
 
         threading.Thread(target=tick, name="checkpoint", daemon=True).start()
+
+    def stop_ticking(self) -> None:
+        """No wake-up from now on: it would cut the leaving worker's drain short."""
+        with self._tick_lock:
+            self._ticking = False
 
     def tick(self) -> None:
         """A checkpoint and a look at the other slots, if due."""
@@ -110,6 +127,14 @@ class Keeper:
         final state for the next worker. False if this worker is no longer
         the slot's (its replacement already reads) or the write failed: the
         state is given back (restore_state), for worker_stop() to flush."""
+        try:
+            return self._hand_over()
+        except OSError as e:  # the lock: nothing was saved, worker_stop() flushes
+            log.error("slot %d: cannot hand the state on (%s); this worker flushes it",
+                      self.file.slot, e)
+            return False
+
+    def _hand_over(self) -> bool:
         with self.file.locked():
             if not self.file.still_ours():
                 log.warning("slot %d is no longer this worker's (it left the group, or the "
@@ -134,11 +159,14 @@ class Keeper:
         unless the master forgot the slot (it left the group)."""
         if not self.file.still_ours():
             return  # not even locked: the lock file would outlive the slot
-        with self.file.locked():
-            if self.file.still_ours():
-                payload = self._save(final=False)
-                if payload is not None:
-                    self._store(payload, final=True)
+        try:
+            with self.file.locked():
+                if self.file.still_ours():
+                    payload = self._save(final=False)
+                    if payload is not None:
+                        self._store(payload, final=True)
+        except OSError as e:
+            log.warning("slot %d: state not kept after the stop (%s)", self.file.slot, e)
 
     # -- the other slots -----------------------------------------------------------
 
@@ -160,7 +188,7 @@ class Keeper:
             self.merged[slot] = inode
             try:
                 found = other.read()
-            except StateError as e:
+            except (StateError, OSError) as e:
                 self._warn_once(("merge", slot, inode), "state of slot %d not merged (%s)",
                                 slot, e)
                 continue

@@ -239,6 +239,8 @@ class Worker:
                 if keeper is not None:
                     keeper.start_ticking(self.reader.stop)
                 self._serve(handler)
+            if keeper is not None:
+                keeper.stop_ticking()
             self._leave(handler)
         except ReceiveError as e:
             # Not the handler's: a new worker takes over the socket, after
