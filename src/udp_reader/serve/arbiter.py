@@ -522,7 +522,10 @@ class Arbiter:
                 except OSError as e:  # its workers then finish what they hold
                     log.error("cannot shed the socket of %s: %s", slot, describe(e))
             if worker is not None and worker.state is State.SERVING:
-                worker.tell(protocol.DRAIN if listener.shed else protocol.RETIRE,
+                # Retire: a worker of the new master follows on the slot and
+                # takes the handler's state; drain: nobody does, it flushes.
+                follows = not listener.shed and self.holders.new_master is not None
+                worker.tell(protocol.RETIRE if follows else protocol.DRAIN,
                             State.LEAVING, now + self._leave_limit())
         for worker in self.workers.values():
             if worker.state in (State.STARTING, State.READY):

@@ -145,8 +145,8 @@ class Group:
             slot.forget_incoming(dismiss_by)
             if self.shared or slot.listener.unbound is not None:
                 self.slots.remove(slot)
-                if slot.reader is not None:
-                    slot.reader.tell(protocol.RETIRE, State.LEAVING, leave_by)
+                if slot.reader is not None:  # nobody follows it: drain, not retire
+                    slot.reader.tell(protocol.DRAIN, State.LEAVING, leave_by)
                 if not self.shared:
                     slot.listener.close(discard=False)
             else:
