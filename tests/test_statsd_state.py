@@ -31,8 +31,11 @@ def sender(port: int, done: threading.Event) -> None:
 @pytest.mark.parametrize("workers", [1, 2])
 def test_counts_are_exact_across_hups_and_an_upgrade(tmp_path, workers):
     out = str(tmp_path / "stats.jsonl")
+    made = tmp_path / "tmp"  # where the master makes its state directory
+    made.mkdir()
     serve = Serve(str(tmp_path), "statsd_aggregator:on_batch", "--batches",
-                  "--workers", str(workers), env={"STATSD_OUT": out, "STATSD_FLUSH": "1"})
+                  "--workers", str(workers), env={"STATSD_OUT": out, "STATSD_FLUSH": "1",
+                                                  "TMPDIR": str(made)})
     done = threading.Event()
     try:
         serve.settled(workers)
@@ -47,8 +50,12 @@ def test_counts_are_exact_across_hups_and_an_upgrade(tmp_path, workers):
         snap = serve.snapshot(lambda s: sum(x["totals"].get("received", 0)
                                             for x in s["slots"]) == SENT)
         assert snap["kernel_drops"] == 0
+        # One state directory, private, carried across the upgrade ...
+        [state_dir] = os.listdir(made)
+        assert os.stat(made / state_dir).st_mode & 0o777 == 0o700
     finally:
         serve.stop()
+    assert os.listdir(made) == []  # ... and removed at the final stop
     with open(out) as f:
         lines = [json.loads(line) for line in f]
     assert sum(line["counters"].get("hits", 0) for line in lines) == SENT

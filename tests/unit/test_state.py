@@ -14,7 +14,10 @@ from typing import List
 import pytest
 
 from udp_reader.serve import state
+from udp_reader.serve.config import Config
+from udp_reader.serve.group import Group
 from udp_reader.serve.keeper import Keeper
+from udp_reader.serve.slots import Slot
 from udp_reader.serve.state import HEADER, MAX_STATE, StateError, StateFile
 
 
@@ -85,6 +88,27 @@ def test_the_master_forgets_a_slot_and_only_that_slot(tmp_path):
     state.forget(None, 0)  # no directory: nothing to do
     assert [state.slot_of(n) for n in os.listdir(tmp_path)] == [0]
     assert state.slot_of("slot-x.state") is None and state.slot_of(".slot-1.tmp") is None
+
+
+class OnThePort:
+    """A socket in the port's group (listeners.Listener's surface Group uses)."""
+    unbound = None
+    shed = False
+
+    def leave_group(self) -> None:
+        self.shed = True
+
+
+def test_a_slot_leaving_the_group_takes_its_state_with_it(tmp_path):
+    group = Group(Config(handler="h:h", bind="127.0.0.1:9", workers=3))
+    group.state_dir = str(tmp_path)
+    group.slots = [Slot(i, OnThePort()) for i in range(3)]  # type: ignore[arg-type]
+    for i in range(3):
+        StateFile(str(tmp_path), i).write(b"s", final=False)
+    group.target = 1  # TTOU twice
+    group.resize(leave_by=0.0, dismiss_by=0.0)
+    assert [s.index for s in group.drains] == [2, 1]
+    assert sorted(os.listdir(tmp_path)) == ["slot-0.state"]
 
 
 def test_a_made_directory_is_private(tmp_path):
