@@ -197,6 +197,10 @@ def test_a_live_predecessors_checkpoint_is_not_restored_and_it_flushes_itself(tm
         f.write(struct.pack("!I", os.getppid()))
     keeper(tmp_path, new).take()
     assert new.count == 0 and "restore" not in new.calls
+    claimed = os.stat(os.path.join(tmp_path, "slot-0.state")).st_ino
+    first.due.set()
+    first.tick()  # the late one's checkpoint would overwrite the new one's state
+    assert os.stat(os.path.join(tmp_path, "slot-0.state")).st_ino == claimed
     assert not first.hand_over()
     assert "save True" not in old.calls
 

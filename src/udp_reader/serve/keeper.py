@@ -114,11 +114,20 @@ class Keeper:
             self._ticking = False
 
     def tick(self) -> None:
-        """A checkpoint and a look at the other slots, if due."""
-        if self.due.is_set():
-            self.due.clear()
-            self._write(final=False)
-            self.merge_others()
+        """A checkpoint and a look at the other slots, if due. Only while
+        the slot's file is ours: once the next worker has claimed it (this
+        one late in letting go), a checkpoint would overwrite its state."""
+        if not self.due.is_set():
+            return
+        self.due.clear()
+        try:
+            with self.file.locked():
+                if self.file.still_ours():
+                    self._write(final=False)
+        except OSError as e:
+            self._warn_once(("lock", type(e)), "slot %d: checkpoint not written (%s)",
+                            self.file.slot, e)
+        self.merge_others()
 
     # -- leaving -------------------------------------------------------------------
 
