@@ -47,6 +47,15 @@ def test_a_frame_claiming_more_than_the_cap_is_refused_before_reading_it():
         state.unframe(header)
 
 
+def test_a_file_claiming_more_than_the_cap_is_refused_unread(tmp_path, monkeypatch):
+    monkeypatch.setattr(state, "MAX_STATE", 10)
+    f = StateFile(str(tmp_path), 0)
+    with open(f.path, "wb") as out:
+        out.write(HEADER.pack(state.MAGIC, state.VERSION, 0, 1, bytes(16), 11, 0) + b"x" * 11)
+    with pytest.raises(StateError, match="says 11 bytes, more than the limit of 10"):
+        f.read()
+
+
 def test_a_state_over_the_cap_is_not_written(tmp_path, monkeypatch):
     monkeypatch.setattr(state, "MAX_STATE", 10)
     f = StateFile(str(tmp_path), 0)

@@ -114,7 +114,11 @@ class StateFile:
         """The state in the file, None if there is none. StateError if refused."""
         try:
             with open(self.path, "rb") as f:
-                data = f.read(HEADER.size + MAX_STATE + 1)
+                data = f.read(HEADER.size)
+                # What the header says, within the cap, and a byte more to
+                # catch a longer file: an oversized one is never read whole.
+                if len(data) == HEADER.size:
+                    data += f.read(min(HEADER.unpack_from(data)[5], MAX_STATE) + 1)
         except FileNotFoundError:
             return None
         return unframe(data)
