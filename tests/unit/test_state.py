@@ -268,3 +268,24 @@ def test_a_drained_slot_leaves_its_state_only_if_the_master_kept_it(tmp_path):
     state.forget(str(tmp_path), 0)  # TTOU: the slot left the group
     k.after_stop()
     assert StateFile(str(tmp_path), 0).read() is None
+
+
+def test_a_full_disk_costs_a_checkpoint_with_one_warning_and_keeps_the_last(tmp_path, caplog,
+                                                                           monkeypatch):
+    handler = Counts()
+    k = keeper(tmp_path, handler)
+    k.take()
+    handler.count = 1
+    k.due.set()
+    k.tick()
+
+    def full(self, payload, final):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(StateFile, "write", full)
+    for count in (2, 3):
+        handler.count = count
+        k.due.set()
+        k.tick()
+    monkeypatch.undo()
+    assert caplog.text.count("checkpoint not written ([Errno 28] No space left") == 1
+    assert StateFile(str(tmp_path), 0).read().payload == b"1"
