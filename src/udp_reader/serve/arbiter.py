@@ -565,8 +565,11 @@ class Arbiter:
         self.selector.close()
         if self.holders.new_master is not None:  # an upgrade: it counts on from ours
             self.holders.new_master.leave(self.counts.carried(self.group.listeners()))
-        elif self.owns_state_dir and self.state_dir is not None:
-            state.remove_dir(self.state_dir)  # the final stop: nobody follows
+        elif self.owns_state_dir and self.state_dir is not None \
+                and not self.holders.predecessor_here:
+            # The final stop: nobody follows. (A new master that fails while
+            # the old one still serves leaves the directory to it.)
+            state.remove_dir(self.state_dir)
 
     # -- the upgrade (USR2) ----------------------------------------------------------------
 
