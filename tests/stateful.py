@@ -5,6 +5,7 @@ Nothing is written while a worker hands its counts on; a worker that leaves
 with nobody to follow (a stop, TTOU) writes what it holds as one JSON line
 to STATEFUL_OUT/<pid>.json. Every count sent is then in exactly one line,
 whatever restarts came between: the sum of the lines is what was sent.
+STATEFUL_FAIL_ONCE=FILE makes the import fail once, while FILE exists.
 """
 
 from __future__ import annotations
@@ -12,6 +13,11 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter
+
+# STATEFUL_FAIL_ONCE=FILE: the import fails, once, while FILE exists (removed).
+if os.path.exists(os.environ.get("STATEFUL_FAIL_ONCE", "/nonexistent")):
+    os.unlink(os.environ["STATEFUL_FAIL_ONCE"])
+    raise ImportError("told to fail once")
 
 counts: Counter = Counter()
 handed = False  # save_state(final=True): the counts are the next worker's now

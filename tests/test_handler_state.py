@@ -188,3 +188,33 @@ def test_counts_survive_restarts_scaling_recycling_and_a_killed_worker(tmp_path)
     # --state-dir outlives the stop: what the last worker held after its flush.
     assert checkpointed(str(state_dir), 0) == 0
     assert sorted(os.listdir(state_dir)) == ["slot-0.lock", "slot-0.state"]  # slot 1 forgotten
+
+
+def test_a_new_master_that_fails_leaves_the_state_to_the_old_one(tmp_path):
+    """USR2 whose new master cannot start its workers: it exits, and the
+    state directory it was handed (the old master's own) is still there."""
+    out, made, fail = tmp_path / "out", tmp_path / "tmp", tmp_path / "fail"
+    out.mkdir()
+    made.mkdir()
+    serve = Serve(str(tmp_path), "stateful:on_packet",
+                  env={"STATEFUL_OUT": str(out), "TMPDIR": str(made),
+                       "STATEFUL_FAIL_ONCE": str(fail)})
+    traffic = Traffic(serve.port)
+    try:
+        serve.settled(1)
+        [state_dir] = os.listdir(made)
+        traffic.round()
+        counted(traffic, str(made / state_dir), str(out), 1)
+        fail.touch()
+        serve.signal(signal.SIGUSR2)
+        wait("the new master's worker to fail", lambda: not fail.exists())
+        failed_at = time.time()
+        serve.snapshot(lambda s: s["time"] > failed_at and not s["others"])
+        assert os.listdir(made) == [state_dir]
+        serve.signal(signal.SIGHUP)  # the state still passes from worker to worker
+        serve.settled(1, restarts=1)
+        traffic.round()
+    finally:
+        serve.stop()
+    assert dict(flushed(str(out))) == dict(traffic.sent)
+    assert os.listdir(made) == []
