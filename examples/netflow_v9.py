@@ -584,9 +584,18 @@ def _age(uptime: np.ndarray, at: np.ndarray) -> np.ndarray:
 
 templates = Templates()  # the state a worker hands to the next
 collector: Optional[Collector] = None
+merged: Dict[Key, Template] = {}  # templates taken from other slots, not seen here
 
 
-def save_state() -> bytes:
+# The state hooks of `udp-reader serve` (its docs/serve.md, "Handler state"):
+# the templates follow a restart (restore_state) and, when the slots change
+# (TTIN, TTOU) and an exporter's datagrams go to another worker, the
+# exporter (merge_state: every worker learns the others' templates within a
+# checkpoint). Templates are never flushed, so a hand-over and a checkpoint
+# carry the same. NETFLOW_STATE=off leaves them out, to see what they prevent.
+
+
+def save_state(final: bool = False) -> bytes:
     """The templates and boot times learned so far, for the next worker."""
     return templates.dump()
 
@@ -594,6 +603,23 @@ def save_state() -> bytes:
 def restore_state(data: bytes) -> None:
     """Take on what save_state() gave; ValueError, saying why, if refused."""
     templates.take(Templates.load(data))
+
+
+def merge_state(data: bytes) -> None:
+    """Add another slot's templates: one this worker has not seen itself,
+    or took from another slot before (the other slot's is newer), never
+    one it learned from the exporter."""
+    other = Templates.load(data)
+    for key, template in other.templates.items():
+        mine = templates.templates.get(key)
+        if mine is None or (merged.get(key) is mine and mine != template):
+            templates.add(key, template)
+            merged[key] = template
+    for (exporter, domain), boot_ms in other.boots.items():
+        if templates.boot(exporter, domain) is None:
+            templates.set_boot(exporter, domain, boot_ms)
+    while len(merged) > MAX_TEMPLATES:  # keys forgotten since stay bounded
+        merged.pop(next(iter(merged)))
 
 
 def worker_start() -> None:
@@ -615,6 +641,10 @@ def worker_stop() -> None:
             log.warning("malformed and skipped: %s; %d templates forgotten (more than %d)",
                         ", ".join(f"{n} {why}" for why, n in c.malformed.most_common()) or "none",
                         templates.forgotten, MAX_TEMPLATES)
+
+
+if os.environ.get("NETFLOW_STATE") == "off":
+    del save_state, restore_state, merge_state
 
 
 def main() -> None:

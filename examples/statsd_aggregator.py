@@ -14,6 +14,15 @@ last value, as StatsD does. One JSON line per interval.
 Several workers each aggregate what they receive and write their own
 lines (with the slot number): sum them per interval downstream.
 
+Under serve, the open interval survives a restart (HUP, USR2,
+--max-packets): the worker leaving hands its partial aggregates and gauges
+on (save_state(final=True)) instead of flushing them, and the next worker
+adds them to its own and flushes at the interval's end, so no interval is
+flushed twice or lost. A checkpoint (final=False) carries the gauges only:
+after a crash the next worker keeps the gauges, and the dead worker's
+unflushed interval is lost rather than risk flushing part of it twice.
+Counts never merge between slots: each slot flushes its own.
+
 A sender cannot make it grow without bound or write what is not JSON: a
 name longer than MAX_NAME bytes, a value that is not a finite number of at
 most MAX_VALUE, a rate outside [MIN_RATE, 1] or a line that is not StatsD is
@@ -25,6 +34,7 @@ logged.
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import os
@@ -178,6 +188,30 @@ class Aggregate:
                     "mean": float(sums[i] / counts[i]), "p90": float(p90[i])}
                 for i, name in enumerate(unique.tolist())}
 
+    def dump(self) -> Dict[str, Any]:
+        """The interval as JSON-ready values; floats keep their exact value."""
+        def column(parts: List[np.ndarray]) -> List[Any]:
+            return np.concatenate(parts).tolist() if parts else []
+        names = np.concatenate(self.timer_names) if self.timer_names else np.array([], "S1")
+        return {"started": self.started, "counters": self.counters,
+                "timers": [base64.b64encode(n).decode() for n in names.tolist()],
+                "values": column(self.timer_values), "weights": column(self.timer_weights),
+                "refused": self.refused}
+
+    def take(self, dumped: Dict[str, Any]) -> None:
+        """Add an interval another worker dumped to this one, which it began."""
+        self.started = min(self.started, float(dumped["started"]))
+        for name, total in dumped["counters"].items():
+            self.counters[name] = self.counters.get(name, 0.0) + float(total)
+        if dumped["timers"]:
+            names = np.array([base64.b64decode(n) for n in dumped["timers"]])
+            self.timer_seen.update(names.tolist())
+            self.timer_names.append(names)
+            self.timer_values.append(np.array(dumped["values"], dtype=np.float64))
+            self.timer_weights.append(np.array(dumped["weights"], dtype=np.float64))
+        for kind, n in dumped["refused"].items():
+            self.refused[kind] = self.refused.get(kind, 0) + int(n)
+
     def report(self) -> Dict[str, Any]:
         now = time.time()
         return {"time": now, "interval": round(now - self.started, 3),
@@ -187,7 +221,8 @@ class Aggregate:
 
 
 class Aggregator:
-    """The current interval behind a lock; a thread flushes it every `interval` s."""
+    """The current interval behind a lock; a thread flushes it when it ends,
+    `interval` s after it began (a handed-on interval ends when it would have)."""
 
     def __init__(self, out: Optional[str], interval: float) -> None:
         self.fd = (os.open(out, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
@@ -195,12 +230,16 @@ class Aggregator:
         self.current = Aggregate({})
         self.lock = threading.Lock()
         self.done = threading.Event()
+        self.moved = threading.Event()  # the interval's end moved (a restored one)
         self.interval = interval
         threading.Thread(target=self._every_interval, daemon=True).start()
 
     def _every_interval(self) -> None:
-        while not self.done.wait(self.interval):
-            self.flush()
+        while not self.done.is_set():
+            self.moved.wait(max(0.0, self.current.started + self.interval - time.time()))
+            self.moved.clear()
+            if not self.done.is_set() and time.time() >= self.current.started + self.interval:
+                self.flush()
 
     def flush(self) -> None:
         with self.lock:
@@ -216,6 +255,7 @@ class Aggregator:
 
 
 aggregator: Optional[Aggregator] = None
+handed = False  # the open interval went to the next worker: never flushed here
 
 
 def worker_start() -> None:
@@ -236,7 +276,40 @@ def on_batch(batch) -> None:
 def worker_stop() -> None:
     if aggregator is not None:
         aggregator.done.set()
-        aggregator.flush()
+        aggregator.moved.set()
+        if not handed:
+            aggregator.flush()
+
+
+def save_state(final: bool) -> bytes:
+    """The gauges; at a hand-over (final), the open interval too, which from
+    then on is the next worker's alone: this one flushes no more."""
+    global handed
+    assert aggregator is not None
+    with aggregator.lock:
+        state: Dict[str, Any] = {"version": 1, "gauges": aggregator.current.gauges}
+        if final:
+            handed = True
+            aggregator.done.set()
+            state["interval"] = aggregator.current.dump()
+            aggregator.current = Aggregate(aggregator.current.gauges)
+        return json.dumps(state).encode()
+
+
+def restore_state(data: bytes) -> None:
+    """Take on the gauges, and the interval, of what save_state() gave."""
+    global handed
+    assert aggregator is not None
+    state = json.loads(data)
+    if not isinstance(state, dict) or state.get("version") != 1:
+        raise ValueError("not a statsd_aggregator state of version 1")
+    with aggregator.lock:
+        for name, value in state["gauges"].items():
+            aggregator.current.gauges.setdefault(name, float(value))
+        if "interval" in state:
+            aggregator.current.take(state["interval"])
+    handed = False  # given back, when it could not be handed on: worker_stop() flushes it
+    aggregator.moved.set()
 
 
 def main() -> None:

@@ -131,7 +131,7 @@ class FakeProcesses:
         self.started.append(Worker(process, status_write, control_read))
         return process
 
-    def start_new_master(self, argv, handed, workers) -> FakeNewMaster:
+    def start_new_master(self, argv, handed, workers, state_dir) -> FakeNewMaster:
         new = FakeNewMaster()
         self.new_masters.append(new)
         return new

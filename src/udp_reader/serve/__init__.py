@@ -25,6 +25,8 @@ UDP port, restarted, resized and upgraded without losing a datagram.
     protocol.py   what master and worker say to each other
     bootstrap.py  how a worker or new master starts Python (isolated)
     worker.py     the worker process itself
+    keeper.py     a worker's handler state: restored, checkpointed, merged, handed on
+    state.py      the handlers' state on disk: a framed file per slot, written whole
     privileges.py who the workers run as (--user, --group)
     logs.py       log lines, stamped with their time
     steering.py   which worker gets a datagram (--steer)

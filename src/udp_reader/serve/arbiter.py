@@ -43,7 +43,7 @@ from typing import Callable, Deque, Dict, Optional, Tuple
 from udp_reader import handoff, sockets, systemd
 from udp_reader.errors import describe
 from udp_reader.serve import clock, counters, deadlines, exits, foreground, privileges
-from udp_reader.serve import protocol, report, sources, statusfile
+from udp_reader.serve import protocol, report, sources, state, statusfile
 from udp_reader.serve import metrics  # --metrics
 from udp_reader.serve.config import Config
 from udp_reader.serve.errors import StartError
@@ -87,6 +87,8 @@ class Arbiter:
         self.handover_deadline = NEVER  # HANDOVER: read by then, the old master gone or not
         self.address = ""
         self.credentials: Optional[privileges.Credentials] = None
+        self.state_dir: Optional[str] = None  # the handlers' state (state.py)
+        self.owns_state_dir = False  # not --state-dir: removed at the final stop
         self.signals: Deque[int] = collections.deque()
         self.selector = selectors.DefaultSelector()
         self._wakeup: Optional[Tuple[int, int]] = None
@@ -134,6 +136,7 @@ class Arbiter:
                 self.handoff_path = handoff.private_path(c.handoff_dir)
             self.credentials = privileges.resolve(c.user, c.group)
             self._open()
+            self._state_dir()
         except OSError as e:
             raise StartError(describe(e)) from None
         except ValueError as e:
@@ -162,6 +165,19 @@ class Arbiter:
             self.holders.watch_predecessor(opened.predecessor)
         self.group.slots, self.group.shared = opened.slots, opened.shared
         self.group.target, self.group.port = opened.target, opened.port
+
+    def _state_dir(self) -> None:
+        """--state-dir, or the directory the master we upgrade from made, or
+        a new one. Raises OSError."""
+        inherited = self.holders.predecessor and self.holders.predecessor.state_dir
+        if self.config.state_dir is not None:
+            self.state_dir = self.config.state_dir
+            state.own(self.state_dir, self.credentials)
+        elif inherited and os.path.isdir(inherited):
+            self.state_dir, self.owns_state_dir = inherited, True
+        else:
+            self.state_dir, self.owns_state_dir = state.make_dir(self.credentials), True
+        self.group.state_dir = self.state_dir
 
     def _loop(self) -> int:
         while True:
@@ -305,7 +321,8 @@ class Arbiter:
         if settled and self.upgrade_asked:
             self.upgrade_asked = False
             self.holders.start_new_master(self.processes, self.config.argv, self.group.handed(),
-                                          self.group.target)
+                                          self.group.target,
+                                          self.state_dir if self.owns_state_dir else None)
 
     def _advance_slot(self, slot: Slot, now: float) -> None:
         old = slot.reader
@@ -329,7 +346,8 @@ class Arbiter:
     def _spawn(self, slot: Slot) -> None:
         c = self.config
         orders = WorkerOrders.for_slot(c, self.credentials,
-                                       self.group.cpu(slot) if c.steer == "cpu" else None)
+                                       self.group.cpu(slot) if c.steer == "cpu" else None,
+                                       self.state_dir)
         try:
             worker = self.processes.spawn_worker(slot.listener, slot.index, self.generation,
                                                  orders, c.start_timeout)
@@ -517,7 +535,10 @@ class Arbiter:
             elif handing_over:
                 slot.forget_incoming(now + deadlines.FAST_STOP)  # the other holders read it
             elif worker is not None and worker.state is State.SERVING:
-                worker.tell(protocol.DRAIN if listener.shed else protocol.RETIRE,
+                # Retire: a worker of the new master follows on the slot and
+                # takes the handler's state; drain: nobody does, it flushes.
+                follows = not listener.shed and self.holders.new_master is not None
+                worker.tell(protocol.RETIRE if follows else protocol.DRAIN,
                             State.LEAVING, now + self._leave_limit())
         for worker in self.workers.values():
             if worker.state in (State.STARTING, State.READY):
@@ -557,6 +578,11 @@ class Arbiter:
         self.selector.close()
         if self.holders.new_master is not None:  # an upgrade: it counts on from ours
             self.holders.new_master.leave(self.counts.carried(self.group.listeners()))
+        elif self.owns_state_dir and self.state_dir is not None \
+                and not self.holders.predecessor_here:
+            # The final stop: nobody follows. (A new master that fails while
+            # the old one still serves leaves the directory to it.)
+            state.remove_dir(self.state_dir)
 
     # -- the upgrade (USR2) ----------------------------------------------------------------
 

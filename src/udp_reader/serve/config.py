@@ -137,6 +137,16 @@ OPTIONS = (
            "socket in DIR (made mode 0700)", metavar="DIR"),
     Option("takeover_dir", "--takeover", "read the sockets a running master offers in DIR "
            "(--handoff), alongside it; then TERM that master", metavar="DIR"),
+    Option("state_dir", "--state-dir", "keep the handlers' state (save_state) in DIR, "
+           "private to the server, across full stops too; default: a private directory "
+           "made at start, carried across USR2, removed at the final stop", metavar="DIR",
+           check=_must(lambda d: d is None or os.path.isdir(d),
+                       "--state-dir {v}: no such directory")),
+    Option("checkpoint", "--checkpoint", "seconds between checkpoints of a handler's state, "
+           "what a worker that dies is replaced from; 0: only when a worker hands on",
+           1.0, float, "S", check=_must(lambda s: 0 <= s < float("inf"),
+                                        "--checkpoint must be 0 (hand-over only) or "
+                                        "positive, not {v:g}")),
 )
 
 

@@ -16,7 +16,7 @@ import socket
 from typing import Iterator, List, Optional, Tuple
 
 from udp_reader.errors import describe
-from udp_reader.serve import protocol, sources, steering
+from udp_reader.serve import protocol, sources, state, steering
 from udp_reader.serve.config import Config
 from udp_reader.serve.listeners import Listener
 from udp_reader.serve.slots import Slot
@@ -35,6 +35,7 @@ class Group:
         self.port: Optional[int] = None  # once a socket is bound, the others take it too
         self.cpus = sorted(os.sched_getaffinity(0))
         self.steered_for = 0
+        self.state_dir: Optional[str] = None  # the handlers' state, a file per slot
 
     def every(self) -> List[Slot]:
         return self.slots + self.drains
@@ -116,6 +117,7 @@ class Group:
         """A slot that never had a reader goes, and the target with it."""
         self.slots.remove(slot)
         self.target = len(self.slots)
+        state.forget(self.state_dir, slot.index)
         if not self.shared:
             slot.listener.close(discard=False)
 
@@ -143,8 +145,8 @@ class Group:
             slot.forget_incoming(dismiss_by)
             if self.shared or slot.listener.unbound is not None:
                 self.slots.remove(slot)
-                if slot.reader is not None:
-                    slot.reader.tell(protocol.RETIRE, State.LEAVING, leave_by)
+                if slot.reader is not None:  # nobody follows it: drain, not retire
+                    slot.reader.tell(protocol.DRAIN, State.LEAVING, leave_by)
                 if not self.shared:
                     slot.listener.close(discard=False)
             else:
@@ -154,3 +156,4 @@ class Group:
                     log.error("TTOU not done: cannot take %s off the port: %s", slot, describe(e))
                     self.target = len(self.slots)
                     return
+            state.forget(self.state_dir, slot.index)  # a later TTIN's slot starts empty

@@ -90,9 +90,9 @@ class Holders:
 
     def start_new_master(self, processes: Processes, argv: Sequence[str],
                          handed: Sequence[Tuple[int, socket.socket, bool]],
-                         workers: int) -> None:
+                         workers: int, state_dir: Optional[str]) -> None:
         try:
-            new_master = processes.start_new_master(argv, handed, workers)
+            new_master = processes.start_new_master(argv, handed, workers, state_dir)
         except OSError as e:
             log.error("cannot start a new master: %s; this master carries on",
                       e.strerror or e)

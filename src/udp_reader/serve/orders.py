@@ -25,12 +25,14 @@ class WorkerOrders:
     credentials: Optional[Sequence[Any]]  # privileges.Credentials to run as
     cpu: Optional[int]              # --steer cpu: the CPU the worker runs on
     log_level: int
+    state_dir: Optional[str] = None  # where the handler's state is kept (state.py)
+    checkpoint: float = 0.0         # seconds between checkpoints of it; 0: at hand-over only
     fd: int = -1                    # the socket, set by workers.spawn
     status_fd: int = -1             # where the worker reports (protocol.py)
 
     @classmethod
     def for_slot(cls, config: "Config", credentials: Optional[Sequence[Any]],
-                 cpu: Optional[int]) -> "WorkerOrders":
+                 cpu: Optional[int], state_dir: Optional[str] = None) -> "WorkerOrders":
         recycle_at = (None if config.max_packets is None
                       else config.max_packets + random.randint(0, config.max_packets_jitter))
         return cls(handler=config.handler, batches=config.batches, grace=config.grace,
@@ -38,7 +40,8 @@ class WorkerOrders:
                    # The master sized the socket's buffer: the worker keeps it.
                    reader=dict(config.reader.as_kwargs(), rcvbuf=None),
                    credentials=credentials, cpu=cpu,
-                   log_level=logging.getLogger().getEffectiveLevel())
+                   log_level=logging.getLogger().getEffectiveLevel(),
+                   state_dir=state_dir, checkpoint=config.checkpoint)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))

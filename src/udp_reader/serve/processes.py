@@ -9,7 +9,7 @@ one and drive the master with no child process at all.
 
 from __future__ import annotations
 
-from typing import Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import socket
 
@@ -26,6 +26,7 @@ class Processes:
 
     def start_new_master(self, argv: Sequence[str],
                          handed: Sequence[Tuple[int, socket.socket, bool]],
-                         workers: int) -> upgrade.NewMaster:
-        """The same command again, with our sockets (USR2). Raises OSError."""
-        return upgrade.start_new_master(argv, handed, workers)
+                         workers: int, state_dir: Optional[str]) -> upgrade.NewMaster:
+        """The same command again, with our sockets (USR2) and the state
+        directory this master made, if any. Raises OSError."""
+        return upgrade.start_new_master(argv, handed, workers, state_dir)

@@ -6,7 +6,9 @@ input means the master is gone.
 
     go        start reading the socket
     retire    stop reading; deliver what was already taken; exit
-    drain     read the (shed) socket until it is idle; exit
+              (a worker follows on the slot: hand the handler's state on)
+    drain     read the socket until it is idle if it was shed, else deliver
+              what was taken; exit (nobody follows: the handler flushes)
     quit      exit now
 
     {"ready": true}     handler imported, reader set up, not reading yet

@@ -30,7 +30,7 @@ from typing import List, NamedTuple, Optional, Sequence, Tuple
 from udp_reader import handoff, systemd
 from udp_reader.serve import bootstrap
 
-# {"pid", "workers", "left_fd", "ready_fd"} of the old master, for the new one
+# {"pid", "workers", "left_fd", "ready_fd", "state_dir"} of the old master, for the new one
 UPGRADE_ENV = "UDP_READER_UPGRADE_FROM"
 
 
@@ -57,9 +57,10 @@ class Predecessor:
     (foreground.py)."""
 
     def __init__(self, pid: int, workers: int, left_fd: Optional[int],
-                 ready_fd: Optional[int]) -> None:
+                 ready_fd: Optional[int], state_dir: Optional[str] = None) -> None:
         self.pid = pid
         self.workers = workers
+        self.state_dir = state_dir  # its handlers' state, made by it: ours now (state.py)
         self._left_fd = left_fd  # None: a master that only exits (watch its pid)
         self._ready_fd = ready_fd  # None: a master that a TERM tells to leave
         self._said = b""
@@ -115,7 +116,8 @@ def inherited() -> Tuple[Optional[Predecessor], List[Handed]]:
             os.set_inheritable(ready_fd, False)
         return (Predecessor(int(info["pid"]), int(info["workers"]),
                             int(left_fd) if left_fd is not None else None,
-                            int(ready_fd) if ready_fd is not None else None),
+                            int(ready_fd) if ready_fd is not None else None,
+                            info.get("state_dir")),
                 [_parse(name, s) for name, s in socks])
     return None, [Handed(None, s, True) for _, s in systemd.listen_fds()]
 
@@ -150,13 +152,14 @@ class NewMaster(subprocess.Popen):
 
 
 def start_new_master(argv: Sequence[str], handed: Sequence[Tuple[int, socket.socket, bool]],
-                    workers: int) -> NewMaster:
-    """Run the same command again with our sockets (USR2)."""
+                     workers: int, state_dir: Optional[str] = None) -> NewMaster:
+    """Run the same command again with our sockets (USR2), and the state
+    directory we made (it is the new master's to remove)."""
     read_end, write_end = os.pipe2(os.O_CLOEXEC)
     ready_read, ready_write = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
     env = dict(os.environ, **{UPGRADE_ENV: json.dumps(
         {"pid": os.getpid(), "workers": workers, "left_fd": read_end,
-         "ready_fd": ready_write})})
+         "ready_fd": ready_write, "state_dir": state_dir})})
     fds = handoff.export_for_exec([(_name(slot, ext), s) for slot, s, ext in handed], env)
     try:
         return NewMaster([*bootstrap.command("udp_reader"), *argv], env=env,

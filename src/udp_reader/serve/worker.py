@@ -10,7 +10,9 @@ A worker never sheds a socket: the master alone knows who else holds it.
 The handler's module may define worker_start(), called once before the
 worker says it is ready, and worker_stop(), called after its last packet,
 whichever way it leaves (restart, stop, removal, its master gone): the
-place to open and to flush a sink. TERM and INT are left to the master (Ctrl-C reaches the whole process
+place to open and to flush a sink. A handler that keeps state hands it
+to the next worker with save_state() and restore_state() (keeper.py).
+TERM and INT are left to the master (Ctrl-C reaches the whole process
 group); QUIT makes the worker exit now; USR2 prints every thread's stack
 (faulthandler), which the master asks for before it kills a stuck worker.
 """
@@ -30,6 +32,7 @@ from typing import Any, Callable, Optional, Set, Tuple
 
 from udp_reader import Reader, ReceiveError, answering, sockets
 from udp_reader.serve import bootstrap, logs, privileges, protocol
+from udp_reader.serve.keeper import Keeper
 from udp_reader.serve.orders import WorkerOrders
 from udp_reader.serve.signals import EXACT_TTIN, EXACT_TTOU
 
@@ -134,6 +137,7 @@ class Worker:
         self.reader: Optional[Reader] = None
         self._busy_since: Optional[float] = None
         self._last_delivered = -1
+        self.keeper: Optional[Keeper] = None  # the handler's state, if it keeps one
 
     def report(self, **message: Any) -> None:
         with self._status_lock:
@@ -215,6 +219,8 @@ class Worker:
             handler, start, stop = load_handler(orders.handler)
             if not orders.batches:
                 handler = answering(handler)  # what it returns answers the packet
+            self.keeper = Keeper.for_module(sys.modules[orders.handler.partition(":")[0]],
+                                            orders.state_dir, _slot(), orders.checkpoint)
             if start is not None:
                 _hook(start)
             self.reader = Reader(fileno=orders.fd, **orders.reader)
@@ -224,9 +230,17 @@ class Worker:
         threading.Thread(target=self._link, name="master-link", daemon=True).start()
         self.report(ready=True)
         self._commanded.wait()
+        keeper = self.keeper if self.command in (protocol.GO, protocol.DRAIN) else None
+        if keeper is not None:
+            # A slot that left the group (drain) is not claimed: nobody follows it.
+            keeper.take(claim=self.command == protocol.GO)
         try:
             if self.command == protocol.GO:
+                if keeper is not None:
+                    keeper.start_ticking(self.reader.stop)
                 self._serve(handler)
+            if keeper is not None:
+                keeper.stop_ticking()
             self._leave(handler)
         except ReceiveError as e:
             # Not the handler's: a new worker takes over the socket, after
@@ -235,12 +249,16 @@ class Worker:
             self.report(error=str(e), stats=self.stats())
             return protocol.EXIT_READER_FAILED
         self.errors.flush()
+        if keeper is not None and self.command == protocol.RETIRE:
+            keeper.hand_over()  # before released: the next worker reads it at its turn
         self.report(released=True)
         if stop is not None:  # after the last packet: the handler flushes its sink
             try:
                 _hook(stop)
             except HandlerError as e:
                 log.error("%s", e)
+        if keeper is not None and self.command == protocol.DRAIN:
+            keeper.after_stop()
         self.report(stats=self.stats())
         return 0
 
@@ -263,6 +281,8 @@ class Worker:
                 raise
             except Exception as e:  # the handler's: log it and carry on
                 self.errors.error(e)
+            if self.keeper is not None:
+                self.keeper.tick()  # between handler calls, never beside one
 
     def _leave(self, handler: Callable[..., Any]) -> None:
         """Deliver what the reader took (retire), or what the shed socket
@@ -284,6 +304,10 @@ class Worker:
         target = "on_batch" if self.orders.batches else "on_packet"
         reader.drain(shed=until_idle, grace=self.orders.grace,
                      timeout=self.orders.graceful_timeout, **{target: guarded})
+
+
+def _slot() -> int:
+    return int(os.environ.get(protocol.SLOT_ENV, "-1"))
 
 
 def main() -> int:
