@@ -272,13 +272,15 @@ def snapshot(pid_file: str, until: Callable[[dict], bool] = lambda s: True,
     raise TimeoutError(f"the status file never settled: {path}")
 
 
-def settled(workers: int):
-    """A snapshot with `workers` slots, each served by one worker, and no
-    other master holding the sockets."""
+def settled(workers: int, **events: int):
+    """A snapshot with `workers` slots, each served by one worker, no other
+    master holding the sockets, and each of `events` counted at least so
+    often (restarts=2)."""
     return lambda s: (s.get("phase") == "running" and s.get("workers") == workers
                       and len(s["slots"]) == workers and not s.get("others")
                       and all(x["state"] == "serving" and len(x["workers"]) == 1
-                              for x in s["slots"]))
+                              for x in s["slots"])
+                      and all(s["events"].get(k, 0) >= n for k, n in events.items()))
 
 
 def upgraded(h: Harness, old, timeout: float = DEADLINE) -> "Adopted":

@@ -14,7 +14,8 @@ import time
 import pytest
 import statsd
 
-from test_handler_state import Serve
+from harness import settled
+from server import Server
 
 SENT = 20000  # increments, one datagram each
 
@@ -33,28 +34,28 @@ def test_counts_are_exact_across_hups_and_an_upgrade(tmp_path, workers):
     out = str(tmp_path / "stats.jsonl")
     made = tmp_path / "tmp"  # where the master makes its state directory
     made.mkdir()
-    serve = Serve(str(tmp_path), "statsd_aggregator:on_batch", "--batches",
-                  "--workers", str(workers), env={"STATSD_OUT": out, "STATSD_FLUSH": "1",
-                                                  "TMPDIR": str(made)})
+    server = Server("statsd_aggregator:on_batch", "--batches", "--workers", str(workers),
+                    record_dir=str(tmp_path),
+                    env={"STATSD_OUT": out, "STATSD_FLUSH": "1", "TMPDIR": str(made)})
     done = threading.Event()
     try:
-        serve.settled(workers)
-        threading.Thread(target=sender, args=(serve.port, done), daemon=True).start()
+        server.status(settled(workers))
+        threading.Thread(target=sender, args=(server.port, done), daemon=True).start()
         for restarts in range(1, 11):
-            serve.signal(signal.SIGHUP)
-            serve.settled(workers, restarts=restarts)
-        serve.upgrade()
-        serve.settled(workers)
+            server.master.send_signal(signal.SIGHUP)
+            server.status(settled(workers, restarts=restarts))
+        server.upgrade()
+        server.status(settled(workers))
         assert done.wait(60)
         # Everything sent was received: the master's count goes on across USR2.
-        snap = serve.snapshot(lambda s: sum(x["totals"].get("received", 0)
-                                            for x in s["slots"]) == SENT)
+        snap = server.status(lambda s: sum(x["totals"].get("received", 0)
+                                           for x in s["slots"]) == SENT)
         assert snap["kernel_drops"] == 0
         # One state directory, private, carried across the upgrade ...
         [state_dir] = os.listdir(made)
         assert os.stat(made / state_dir).st_mode & 0o777 == 0o700
     finally:
-        serve.stop()
+        server.stop()
     assert os.listdir(made) == []  # ... and removed at the final stop
     with open(out) as f:
         lines = [json.loads(line) for line in f]

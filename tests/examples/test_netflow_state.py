@@ -17,7 +17,8 @@ from typing import List
 
 import pytest
 
-from test_handler_state import Serve, wait
+from harness import settled, wait_until
+from server import Server
 from test_netflow_v9 import (Collector, Templates, decode, flows_of, many_flows, needs,
                              softflowd_export, wait_until_queue_empty, write_pcap)
 
@@ -106,46 +107,45 @@ def test_no_data_set_lost_to_a_missing_template(tmp_path, handover):
     decode(check, datagrams)
     assert len(flows_of(str(tmp_path / "check.jsonl"))) == FLOWS
     out = str(tmp_path / "flows.jsonl")
-    serve = Serve(str(tmp_path), "netflow_v9:on_batch", "--batches",
-                  "--max-packets", "300", "--max-packets-jitter", "100",
-                  env={"NETFLOW_OUT": out, "NETFLOW_STATE": handover})
+    server = Server("netflow_v9:on_batch", "--batches",
+                    "--max-packets", "300", "--max-packets-jitter", "100",
+                    record_dir=str(tmp_path), env={"NETFLOW_OUT": out, "NETFLOW_STATE": handover})
     exporters = None
     try:
-        serve.settled(1)
-        exporters = Exporters(datagrams, serve.port)
+        server.status(settled(1))
+        exporters = Exporters(datagrams, server.port)
         for restarts in range(1, 11):
-            serve.signal(signal.SIGHUP)
-            serve.settled(1, restarts=restarts)
+            server.master.send_signal(signal.SIGHUP)
+            server.status(settled(1, restarts=restarts))
         for _ in range(2):
-            serve.upgrade()
-            serve.settled(1)
+            server.upgrade()
+            server.status(settled(1))
         for workers in (2, 3):
-            serve.signal(signal.SIGTTIN)
-            serve.settled(workers)
+            server.master.send_signal(signal.SIGTTIN)
+            server.status(settled(workers))
         for workers in (2, 1):
-            serve.signal(signal.SIGTTOU)
-            serve.settled(workers)
+            server.master.send_signal(signal.SIGTTOU)
+            server.status(settled(workers))
         # Killed holding no flow: a worker writes its flows once a second,
         # so what a killed one decoded since is lost whatever its state, and
         # is not what is measured here. Paused, a HUP writes them all out; the
         # new worker has none, and its templates only in its checkpoint.
         exporters.pause()
-        serve.signal(signal.SIGHUP)
-        killed = serve.settled(1, restarts=11)["slots"][0]["workers"][0]["pid"]
+        server.master.send_signal(signal.SIGHUP)
+        killed = server.status(settled(1, restarts=11))["slots"][0]["workers"][0]["pid"]
         os.kill(killed, signal.SIGKILL)
-        serve.snapshot(lambda s: s["slots"][0]["state"] == "serving"
-                       and s["slots"][0]["workers"][0]["pid"] != killed)
+        server.status(lambda s: s["slots"][0]["state"] == "serving"
+                      and s["slots"][0]["workers"][0]["pid"] != killed)
         exporters.resume()
         passes = exporters.passes
-        wait("two passes more", lambda: exporters.passes >= passes + 2)
+        wait_until(lambda: exporters.passes >= passes + 2)  # two passes more
         exporters.stop()
     finally:
         if exporters is not None and not exporters.done.is_set():
             exporters.stop()
-        serve.stop()
+        server.stop()
     sent, decoded = exporters.flows, lines_in(out)
-    with open(tmp_path / "serve.log") as f:
-        unknown = unknown_data_sets(f.read())
+    unknown = unknown_data_sets(server.log)
     print(f"handover {handover}: {sent} flows sent, {decoded} decoded, "
           f"{unknown} data sets before their template")
     if handover == "on":
