@@ -604,7 +604,7 @@ def test_no_datagram_makes_the_collector_raise_or_write_anything_but_json(name, 
     collector = Collector(os.devnull, Templates())
     collector.datagram("127.0.0.1", memoryview(bytes(data[:cut])))
     collector.decode_pending()
-    for line in collector.lines:
+    for line in collector.sink.lines:
         assert json.loads(line)["exporter"] == "127.0.0.1"
     # Whatever was learned can be handed on.
     assert Templates.load(collector.templates.dump()).templates == collector.templates.templates
@@ -616,7 +616,7 @@ def test_the_samples_decode_whole():
     for make, sets in SAMPLES.values():
         collector.datagram("127.0.0.1", memoryview(make(*sets)))
     collector.decode_pending()
-    flows = [json.loads(line) for line in collector.lines]
+    flows = [json.loads(line) for line in collector.sink.lines]
     assert [(f["src"], f.get("dst"), f["first"]) for f in flows] == [
         ("10.9.0.1", None, START * 1000 + 5), ("10.9.0.1", "10.9.0.2", START * 1000 + 1000)]
     assert flows[0]["ie9.12235"] == "78" * 300 and flows[1]["last"] == START * 1000 + 2000
