@@ -1,13 +1,14 @@
 """A NetFlow v9 (RFC 3954) and IPFIX (RFC 7011) collector: templates
 learned per exporter, data sets decoded with numpy structured dtypes built
-per template, flows written as JSON lines.
+per template, flows written as JSON lines or as binary FLOW records.
 
 An export datagram is a header and a list of sets. A template set says how
 the records of later data sets are laid out: a list of (field type,
 length), known by the exporter's address, its observation domain (v9: its
 source id) and the template id. The data sets of a batch that share a
-fixed-length template are read with one np.frombuffer over their bytes;
-a template with IPFIX variable-length fields is read record by record.
+fixed-length template are read with one np.frombuffer over their bytes
+and turned into flows column by column, with no Python step per flow; a
+template with IPFIX variable-length fields is read record by record.
 Options templates describe records about the exporter itself; of those the
 collector keeps the exporter's boot time (IPFIX systemInitTimeMilliseconds),
 which dates flows timed in milliseconds since boot. IPFIX withdraws a
@@ -37,8 +38,20 @@ nexthop, src_as, dst_as, ...); first and last are Unix milliseconds
 whichever way the exporter timed them (TIMES), null when timed since an
 IPFIX exporter's boot whose time has not come yet. A field without a name
 here comes out as "ie<type>" or "ie<enterprise>.<type>": a number when it
-is 1, 2, 4 or 8 bytes long, hex otherwise. Lines go out once a second and
-when the worker leaves.
+is 1, 2, 4 or 8 bytes long, hex otherwise. Flows go out once a second, at
+MAX_HELD flows, and when the worker leaves; each write is whole, so workers
+may share one file.
+
+NETFLOW_FORMAT=npy writes binary FLOW records instead, several times
+cheaper than JSON text (bench/test_netflow.py): each write appends one
+numpy structured array of dtype FLOW in .npy format. FLOW holds the fields
+most flows have, addresses as 16 bytes (IPv4 mapped into IPv6), 0 where a
+template lacks a field; the others (names, enterprise fields) are JSON's
+only. To read them back:
+
+    with open("flows.npy", "rb") as f:
+        while f.peek(1):
+            flows = np.load(f)  # one write: flows["src"], flows["bytes"], ...
 """
 
 from __future__ import annotations
@@ -87,10 +100,10 @@ TIMES: Dict[int, Tuple[str, str]] = {
     154: ("first", NTP), 155: ("last", NTP), 156: ("first", NTP), 157: ("last", NTP),
     158: ("first", BEFORE_EXPORT), 159: ("last", BEFORE_EXPORT),
 }
-# A flow as NETFLOW_FORMAT=npy writes it: the named fields every format
-# understands, little-endian; 0 where a template has no such field (or a
-# time since a boot not yet known). Addresses take 16 bytes, IPv4 mapped
-# into IPv6 (::ffff:a.b.c.d); first and last are Unix milliseconds.
+# A flow as NETFLOW_FORMAT=npy writes it, 128 bytes: fields of FIELDS and
+# TIMES by name, little-endian, 0 where a template has no such field (or
+# for a time since a boot not yet known). Addresses take 16 bytes, IPv4
+# mapped into IPv6 (::ffff:a.b.c.d); first and last are Unix milliseconds.
 FLOW = np.dtype([
     ("exporter", "V16"), ("domain", "<u4"), ("src", "V16"), ("dst", "V16"),
     ("sport", "<u2"), ("dport", "<u2"), ("proto", "u1"), ("packets", "<u8"), ("bytes", "<u8"),
