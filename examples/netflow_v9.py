@@ -331,7 +331,6 @@ class Export(NamedTuple):
     domain: int
     export_ms: int
     uptime: int  # v9: the exporter's ms since boot at export; IPFIX: -1
-    boot_ms: int  # IPFIX: the exporter's boot time when known; -1 otherwise
 
 
 @dataclass
@@ -340,6 +339,7 @@ class Pending:
     records only when the template has a fixed length."""
     bodies: List[memoryview] = field(default_factory=list)
     exports: List[Export] = field(default_factory=list)
+    boots: List[int] = field(default_factory=list)  # IPFIX: the exporter's boot then, or -1
     counts: List[int] = field(default_factory=list)  # records in each, if fixed
 
 
@@ -457,14 +457,14 @@ class Collector:
         if version == 9 and len(data) >= V9_HEADER.size:
             _, _, uptime, secs, _, domain = V9_HEADER.unpack_from(data)
             start, end = V9_HEADER.size, len(data)
-            export = Export(exporter, domain, secs * 1000, uptime, -1)
+            export = Export(exporter, domain, secs * 1000, uptime)
         elif version == 10 and len(data) >= IPFIX_HEADER.size:
             _, end, secs, _, domain = IPFIX_HEADER.unpack_from(data)
             if not IPFIX_HEADER.size <= end <= len(data):
                 self.malformed["length past the datagram"] += 1
                 return
             start = IPFIX_HEADER.size
-            export = Export(exporter, domain, secs * 1000, -1, -1)
+            export = Export(exporter, domain, secs * 1000, -1)
         else:
             self.malformed["short header" if version in (9, 10) else "not v9 or IPFIX"] += 1
             return
@@ -520,10 +520,9 @@ class Collector:
         if template.options:
             self.options(export, template, data[start:end])
             return
+        boot_ms = None
         if export.uptime < 0:  # IPFIX: times since boot are dated by the boot time
             boot_ms = self.templates.boot(export.exporter, export.domain)
-            if boot_ms is not None:
-                export = Export(*export[:4], boot_ms)
         pending = self.pending.get(template)
         if pending is None:
             pending = self.pending[template] = Pending()
@@ -533,6 +532,7 @@ class Collector:
             pending.counts.append(count)
         pending.bodies.append(data[start:end])
         pending.exports.append(export)
+        pending.boots.append(-1 if boot_ms is None else boot_ms)
 
     def options(self, export: Export, template: Template, body: memoryview) -> None:
         """Options records about the exporter: keep its boot time."""
@@ -583,7 +583,8 @@ class Collector:
         exporters, domains, *clocks = zip(*pending.exports)  # of each set
         undated = None
         if any(kind in CLOCKS for kind in template.kinds):  # each record's export_ms, ...
-            export_ms, uptime, boot_ms = (np.repeat(np.array(c, np.int64), counts) for c in clocks)
+            export_ms, uptime, boot_ms = (np.repeat(np.array(c, np.int64), counts)
+                                          for c in (*clocks, pending.boots))
             for i, kind in enumerate(template.kinds):
                 if kind in CLOCKS:
                     columns[i] = _time_ms(kind, _ints(columns[i]), export_ms, uptime, boot_ms)
