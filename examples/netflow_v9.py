@@ -194,6 +194,11 @@ class Template:
                          "offsets": offsets[:-1], "itemsize": offsets[-1]})
 
     @cached_property
+    def size(self) -> int:
+        """The bytes of one record; 0 with variable-length fields."""
+        return 0 if self.dtype is None else self.dtype.itemsize
+
+    @cached_property
     def smallest(self) -> int:
         """The fewest bytes a record takes: 1 for each variable-length value."""
         return sum(1 if length == VARIABLE else length for _, _, length in self.fields)
@@ -325,12 +330,10 @@ def _is_address(value) -> bool:
     return False
 
 
-class Export(NamedTuple):
-    """What a datagram's header says about the records of its data sets."""
-    exporter: str
-    domain: int
-    export_ms: int
-    uptime: int  # v9: the exporter's ms since boot at export; IPFIX: -1
+# What a datagram's header says about its data sets: (exporter address,
+# observation domain, export time in Unix ms, uptime: v9's ms since the
+# exporter's boot at export, -1 in IPFIX); a plain tuple, one per datagram.
+Export = Tuple[str, int, int, int]
 
 
 @dataclass
@@ -457,14 +460,14 @@ class Collector:
         if version == 9 and len(data) >= V9_HEADER.size:
             _, _, uptime, secs, _, domain = V9_HEADER.unpack_from(data)
             start, end = V9_HEADER.size, len(data)
-            export = Export(exporter, domain, secs * 1000, uptime)
+            export = (exporter, domain, secs * 1000, uptime)
         elif version == 10 and len(data) >= IPFIX_HEADER.size:
             _, end, secs, _, domain = IPFIX_HEADER.unpack_from(data)
             if not IPFIX_HEADER.size <= end <= len(data):
                 self.malformed["length past the datagram"] += 1
                 return
             start = IPFIX_HEADER.size
-            export = Export(exporter, domain, secs * 1000, -1)
+            export = (exporter, domain, secs * 1000, -1)
         else:
             self.malformed["short header" if version in (9, 10) else "not v9 or IPFIX"] += 1
             return
@@ -497,18 +500,20 @@ class Collector:
             if len(body) <= MAX_TEMPLATE_SET:
                 self.template_sets[seen] = parsed
         templates, malformed = parsed
+        exporter, domain, _, _ = export
         for template_id, template in templates:
             if template is None:
-                self.templates.withdraw(export.exporter, export.domain, template_id, options)
+                self.templates.withdraw(exporter, domain, template_id, options)
             else:
-                self.templates.add((export.exporter, export.domain, template_id), template)
+                self.templates.add((exporter, domain, template_id), template)
         if malformed:
             self.malformed[malformed] += 1
 
     def data_set(self, export: Export, template_id: int, data: memoryview, start: int,
                  end: int) -> None:
         """Keep data[start:end], a data set, to decode with the batch's others."""
-        key = (export.exporter, export.domain, template_id)
+        exporter, domain, _, uptime = export
+        key = (exporter, domain, template_id)
         template = self.templates.get(key)
         if template is None:
             if key in self.unknown or len(self.unknown) < MAX_UNKNOWN:
@@ -521,14 +526,14 @@ class Collector:
             self.options(export, template, data[start:end])
             return
         boot_ms = None
-        if export.uptime < 0:  # IPFIX: times since boot are dated by the boot time
-            boot_ms = self.templates.boot(export.exporter, export.domain)
+        if uptime < 0:  # IPFIX: times since boot are dated by the boot time
+            boot_ms = self.templates.boot(exporter, domain)
         pending = self.pending.get(template)
         if pending is None:
             pending = self.pending[template] = Pending()
-        if template.dtype is not None:  # whole records: what is left is padding
-            count = (end - start) // template.dtype.itemsize
-            end = start + count * template.dtype.itemsize
+        if template.size:  # whole records: what is left is padding
+            count = (end - start) // template.size
+            end = start + count * template.size
             pending.counts.append(count)
         pending.bodies.append(data[start:end])
         pending.exports.append(export)
@@ -542,7 +547,7 @@ class Collector:
                     if boot_ms > MAX_MS:
                         self.malformed["boot time out of range"] += 1
                         continue
-                    self.templates.set_boot(export.exporter, export.domain, boot_ms)
+                    self.templates.set_boot(export[0], export[1], boot_ms)
 
     def records(self, template: Template, body: memoryview):
         """The records of one data set: a structured array for a fixed-length
