@@ -226,7 +226,8 @@ class Templates:
         return template
 
     def add(self, key: Key, template: Template) -> None:
-        if self.templates.get(key) != template:  # a refresh keeps the decoded dtype
+        known = self.templates.get(key)
+        if known is not template and known != template:  # a refresh keeps the decoded dtype
             self.templates[key] = template
         self.templates.move_to_end(key)
         if len(self.templates) > MAX_TEMPLATES:
