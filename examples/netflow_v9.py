@@ -813,24 +813,31 @@ def _time_ms(clock: str, t: np.ndarray, export_ms: np.ndarray, uptime: np.ndarra
              boot_ms: np.ndarray) -> np.ndarray:
     """Times (uint64) as Unix milliseconds (int64), by their clock; a time
     since an IPFIX exporter's unknown boot is left as it is."""
-    if clock == UPTIME:  # v9 dates it by the header's uptime, IPFIX by the boot time
-        return np.where(uptime >= 0, export_ms - _age(uptime, t.astype(np.int64)),
-                        boot_ms + t.astype(np.int64))
-    if clock == SECONDS:
-        return t.astype(np.int64) * 1000
-    if clock == MILLISECONDS:
-        return t.astype(np.int64)
     if clock == NTP:  # seconds since 1900, and a binary fraction of one
         return ((t >> 32).astype(np.int64) - NTP_EPOCH) * 1000 \
             + (((t & 0xFFFFFFFF) * 1000) >> 32).astype(np.int64)
-    return export_ms - (t // 1000).astype(np.int64)  # BEFORE_EXPORT, in microseconds
+    if clock == BEFORE_EXPORT:  # in microseconds
+        return export_ms - (t // 1000).astype(np.int64)
+    t = t.astype(np.int64)
+    if clock == SECONDS:
+        return t * 1000
+    if clock == MILLISECONDS:
+        return t
+    v9 = uptime >= 0  # v9 dates times since boot by the header's uptime, IPFIX by the boot time
+    if v9.all():  # a batch's sets of one template come from one exporter, as a rule
+        return export_ms - _age(uptime, t)
+    if not v9.any():
+        return boot_ms + t
+    return np.where(v9, export_ms - _age(uptime, t), boot_ms + t)
 
 
 def _age(uptime: np.ndarray, at: np.ndarray) -> np.ndarray:
     """ms from a flow time `at` to the export, both on a v9 exporter's
-    wrapping 32-bit uptime clock (as in netflow_v5)."""
-    age = (uptime - at) & 0xFFFFFFFF
-    return np.where(age > (1 << 32) - FUTURE_MS, age - (1 << 32), age)
+    wrapping 32-bit uptime clock (as in netflow_v5): their difference mod
+    2**32, less 2**32 when within FUTURE_MS of it (a clock slip: the flow
+    is from just after the export, not 49 days old)."""
+    slip = FUTURE_MS - 1
+    return ((uptime - at + slip) & 0xFFFFFFFF) - slip
 
 
 templates = Templates()  # the state a worker hands to the next
