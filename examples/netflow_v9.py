@@ -379,8 +379,9 @@ def read_template_set(version: int, body: memoryview, options: bool) -> Template
             scope = PAIR.unpack_from(body, at + 2)[1]
         at += head
         if not 0 < count <= MAX_FIELDS or template_id < FIRST_DATA_SET or scope > count:
+            # where the next template starts is unknowable
             return templates, ("template id under 256" if template_id < FIRST_DATA_SET
-                               else "template of no field or too many")  # then where next?
+                               else "template of no field or too many")
         fields, at, malformed = read_fields(version, body, at, count)
         if malformed:
             return templates, malformed
@@ -790,18 +791,18 @@ def _address16(address: str) -> bytes:
     return IPV4_MAPPED + socket.inet_pton(socket.AF_INET, address)
 
 
-def _put_addresses(field: np.ndarray, column) -> None:
+def _put_addresses(target: np.ndarray, column) -> None:
     """Addresses into a FLOW field: 16 bytes, IPv4 mapped into IPv6
     (::ffff:a.b.c.d), zero for an address of another length; copied as
     4- or 8-byte words, which numpy copies fastest."""
     if not isinstance(column, np.ndarray):  # bytes, one by one
         column = np.array([_mapped(v) for v in column], "V16")
     if column.dtype.itemsize == 4:
-        words = _words(field, "<u4")
+        words = _words(target, "<u4")
         words[:, 2] = int.from_bytes(IPV4_MAPPED[8:], "little")
         words[:, 3] = _words(column, "<u4")[:, 0]
     elif column.dtype.itemsize == 16:
-        _words(field, "<u8")[:] = _words(column, "<u8")
+        _words(target, "<u8")[:] = _words(column, "<u8")
 
 
 def _mapped(value: bytes) -> bytes:
