@@ -7,8 +7,9 @@ the records of later data sets are laid out: a list of (field type,
 length), known by the exporter's address, its observation domain (v9: its
 source id) and the template id. The data sets of a batch that share a
 fixed-length template are read with one np.frombuffer over their bytes
-and turned into flows column by column, with no Python step per flow; a
-template with IPFIX variable-length fields is read record by record.
+and decoded column by column, with no Python step per flow but the making
+of JSON text; a template with IPFIX variable-length fields is read record
+by record.
 Options templates describe records about the exporter itself; of those the
 collector keeps the exporter's boot time (IPFIX systemInitTimeMilliseconds),
 which dates flows timed in milliseconds since boot. IPFIX withdraws a
