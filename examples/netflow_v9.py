@@ -442,6 +442,8 @@ class Collector:
         self.unknown_elsewhere = 0  # past MAX_UNKNOWN keys
         self.unreported = False
         self.pending: Dict[Template, Pending] = {}
+        # this batch's data sets' templates, looked up once a batch while they stand
+        self.looked_up: Dict[Key, Tuple[Template, Pending]] = {}
         self.template_sets: Dict[Tuple[int, bool, bytes], TemplateSet] = {}  # read, by bytes
 
     def add(self, batch) -> None:
@@ -503,6 +505,7 @@ class Collector:
             if len(body) <= MAX_TEMPLATE_SET:
                 self.template_sets[seen] = parsed
         templates, malformed = parsed
+        self.looked_up.clear()
         exporter, domain, _, _ = export
         for template_id, template in templates:
             if template is None:
@@ -517,23 +520,27 @@ class Collector:
         """Keep data[start:end], a data set, to decode with the batch's others."""
         exporter, domain, _, uptime = export
         key = (exporter, domain, template_id)
-        template = self.templates.get(key)
-        if template is None:
-            if key in self.unknown or len(self.unknown) < MAX_UNKNOWN:
-                self.unknown[key] += 1
-            else:
-                self.unknown_elsewhere += 1
-            self.unreported = True
-            return
-        if template.options:
-            self.options(export, template, data[start:end])
-            return
+        known = self.looked_up.get(key)
+        if known is None:
+            template = self.templates.get(key)
+            if template is None:
+                if key in self.unknown or len(self.unknown) < MAX_UNKNOWN:
+                    self.unknown[key] += 1
+                else:
+                    self.unknown_elsewhere += 1
+                self.unreported = True
+                return
+            if template.options:
+                self.options(export, template, data[start:end])
+                return
+            pending = self.pending.get(template)
+            if pending is None:
+                pending = self.pending[template] = Pending()
+            known = self.looked_up[key] = (template, pending)
+        template, pending = known
         boot_ms = None
         if uptime < 0:  # IPFIX: times since boot are dated by the boot time
             boot_ms = self.templates.boot(exporter, domain)
-        pending = self.pending.get(template)
-        if pending is None:
-            pending = self.pending[template] = Pending()
         if template.size:  # whole records: what is left is padding
             count = (end - start) // template.size
             end = start + count * template.size
@@ -577,6 +584,7 @@ class Collector:
         for template, pending in self.pending.items():
             self.sink.add(self.decode(template, pending))
         self.pending.clear()
+        self.looked_up.clear()
 
     def decode(self, template: Template, pending: Pending) -> Flows:
         """The records of the data sets of one template, a column per field."""
