@@ -1,13 +1,15 @@
 """A NetFlow v9 (RFC 3954) and IPFIX (RFC 7011) collector: templates
 learned per exporter, data sets decoded with numpy structured dtypes built
-per template, flows written as JSON lines.
+per template, flows written as JSON lines or as binary FLOW records.
 
 An export datagram is a header and a list of sets. A template set says how
 the records of later data sets are laid out: a list of (field type,
 length), known by the exporter's address, its observation domain (v9: its
 source id) and the template id. The data sets of a batch that share a
-fixed-length template are read with one np.frombuffer over their bytes;
-a template with IPFIX variable-length fields is read record by record.
+fixed-length template are read with one np.frombuffer over their bytes
+and decoded column by column, with no Python step per flow but the making
+of JSON text; a template with IPFIX variable-length fields is read record
+by record.
 Options templates describe records about the exporter itself; of those the
 collector keeps the exporter's boot time (IPFIX systemInitTimeMilliseconds),
 which dates flows timed in milliseconds since boot. IPFIX withdraws a
@@ -37,12 +39,25 @@ nexthop, src_as, dst_as, ...); first and last are Unix milliseconds
 whichever way the exporter timed them (TIMES), null when timed since an
 IPFIX exporter's boot whose time has not come yet. A field without a name
 here comes out as "ie<type>" or "ie<enterprise>.<type>": a number when it
-is 1, 2, 4 or 8 bytes long, hex otherwise. Lines go out once a second and
-when the worker leaves.
+is 1, 2, 4 or 8 bytes long, hex otherwise. Flows go out once a second, at
+MAX_HELD flows, and when the worker leaves; each write is whole, so workers
+may share one file.
+
+NETFLOW_FORMAT=npy writes binary FLOW records instead, several times
+cheaper than JSON text (bench/test_netflow.py): each write appends one
+numpy structured array of dtype FLOW in .npy format. FLOW holds the fields
+most flows have, addresses as 16 bytes (IPv4 mapped into IPv6), 0 where a
+template lacks a field; the others (names, enterprise fields) are JSON's
+only. To read them back:
+
+    with open("flows.npy", "rb") as f:
+        while f.peek(1):
+            flows = np.load(f)  # one write: flows["src"], flows["bytes"], ...
 """
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -51,9 +66,9 @@ import struct
 import sys
 import time
 from collections import Counter, OrderedDict
-from dataclasses import dataclass
-from functools import cached_property
-from typing import Dict, List, NamedTuple, Optional, Tuple
+from dataclasses import dataclass, field
+from functools import cached_property, lru_cache
+from typing import Dict, List, NamedTuple, Optional, Tuple, Union
 
 import numpy as np
 
@@ -86,6 +101,20 @@ TIMES: Dict[int, Tuple[str, str]] = {
     154: ("first", NTP), 155: ("last", NTP), 156: ("first", NTP), 157: ("last", NTP),
     158: ("first", BEFORE_EXPORT), 159: ("last", BEFORE_EXPORT),
 }
+# A flow as NETFLOW_FORMAT=npy writes it, 128 bytes: fields of FIELDS and
+# TIMES by name, little-endian, 0 where a template has no such field (or
+# for a time since a boot not yet known). Addresses take 16 bytes, IPv4
+# mapped into IPv6 (::ffff:a.b.c.d); first and last are Unix milliseconds.
+FLOW = np.dtype([
+    ("exporter", "V16"), ("domain", "<u4"), ("src", "V16"), ("dst", "V16"),
+    ("sport", "<u2"), ("dport", "<u2"), ("proto", "u1"), ("packets", "<u8"), ("bytes", "<u8"),
+    ("first", "<i8"), ("last", "<i8"), ("tcp_flags", "u1"), ("tos", "u1"),
+    ("input", "<u4"), ("output", "<u4"), ("nexthop", "V16"), ("src_as", "<u4"),
+    ("dst_as", "<u4"), ("src_mask", "u1"), ("dst_mask", "u1"), ("vlan", "<u2"),
+    ("direction", "u1"),
+])
+IPV4_MAPPED = b"\0" * 10 + b"\xff\xff"  # before an IPv4 address, in 16 bytes
+
 SYSTEM_INIT = 160  # systemInitTimeMilliseconds, in options records: the exporter's boot
 NTP_EPOCH = 2_208_988_800  # seconds from 1900 to 1970
 
@@ -103,13 +132,16 @@ MAX_FIELDS = 128  # in one template; real ones have a few dozen
 MAX_TEMPLATES = 2_000  # (exporter, domain, template id) remembered
 MAX_BOOTS = 2_000  # (exporter, domain) whose boot time is remembered
 MAX_UNKNOWN = 1_000  # keys counted apart for data sets without a template
+MAX_TEMPLATE_SETS, MAX_TEMPLATE_SET = 1_000, 1_500  # template sets remembered, and bytes
 MAX_STATE_BYTES = 8 << 20  # the most MAX_TEMPLATES of MAX_FIELDS fields take, with room
 STATE_FORMAT, STATE_VERSION = "udp-reader netflow_v9 templates", 1
 MAX_MS = (1 << 63) - 1  # a boot time kept: what an int64 holds
 FUTURE_MS = 100_000  # an exporter clock slip, not a 49-day-old flow (as in netflow_v5)
+MAX_HELD = 50_000  # flows decoded and not yet written: a write at the latest then
 
 Key = Tuple[str, int, int]  # exporter address, observation domain, template id
 Field = Tuple[int, int, int]  # information element, enterprise number (0: IETF), length
+Buffer = Union[bytes, np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -119,6 +151,13 @@ class Template:
     fields: Tuple[Field, ...]
     options: bool = False
     scope: int = 0
+
+    def __hash__(self) -> int:  # once: a batch's data sets are grouped by template
+        return self._hash
+
+    @cached_property
+    def _hash(self) -> int:
+        return hash((self.fields, self.options, self.scope))
 
     @cached_property
     def names(self) -> List[str]:
@@ -156,9 +195,19 @@ class Template:
                          "offsets": offsets[:-1], "itemsize": offsets[-1]})
 
     @cached_property
+    def size(self) -> int:
+        """The bytes of one record; 0 with variable-length fields."""
+        return 0 if self.dtype is None else self.dtype.itemsize
+
+    @cached_property
     def smallest(self) -> int:
         """The fewest bytes a record takes: 1 for each variable-length value."""
         return sum(1 if length == VARIABLE else length for _, _, length in self.fields)
+
+
+# What a template set says: (template id, template) in order, None for a
+# withdrawal; and why the rest of the set is unreadable ("" if it is not).
+TemplateSet = Tuple[List[Tuple[int, Optional[Template]]], str]
 
 
 class Templates:
@@ -178,7 +227,8 @@ class Templates:
         return template
 
     def add(self, key: Key, template: Template) -> None:
-        if self.templates.get(key) != template:  # a refresh keeps the decoded dtype
+        known = self.templates.get(key)
+        if known is not template and known != template:  # a refresh keeps the decoded dtype
             self.templates[key] = template
         self.templates.move_to_end(key)
         if len(self.templates) > MAX_TEMPLATES:
@@ -282,34 +332,119 @@ def _is_address(value) -> bool:
     return False
 
 
-class Export(NamedTuple):
-    """What a data set's header says about its records."""
-    exporter: str
-    domain: int
-    export_ms: int
-    uptime: int  # v9: the exporter's ms since boot at export; IPFIX: -1
-    boot_ms: int  # IPFIX: the exporter's boot time when known; -1 otherwise
+# What a datagram's header says about its data sets: (exporter address,
+# observation domain, export time in Unix ms, uptime: v9's ms since the
+# exporter's boot at export, -1 in IPFIX); a plain tuple, one per datagram.
+Export = Tuple[str, int, int, int]
+
+
+@dataclass
+class Pending:
+    """A batch's data sets of one template, kept for one decode: whole
+    records only when the template has a fixed length."""
+    bodies: List[memoryview] = field(default_factory=list)
+    exports: List[Export] = field(default_factory=list)
+    boots: List[int] = field(default_factory=list)  # IPFIX: the exporter's boot then, or -1
+    counts: List[int] = field(default_factory=list)  # records in each, if fixed
+
+
+class Flows(NamedTuple):
+    """The records of one template's data sets in a batch, a column per
+    field: numbers and addresses as the datagrams have them (an array for
+    a fixed-length template, a list of bytes otherwise), times as Unix ms."""
+    template: Template
+    counts: List[int]  # of records in each data set
+    exporters: Tuple[str, ...]  # of each data set
+    domains: Tuple[int, ...]
+    columns: list
+    undated: Optional[np.ndarray]  # True: timed since a boot not yet known
+
+
+def read_template_set(version: int, body: memoryview, options: bool) -> TemplateSet:
+    """What a template set says; what is left shorter than a template is padding."""
+    templates: List[Tuple[int, Optional[Template]]] = []
+    head = 6 if options else 4  # options templates say their scope too
+    at = 0
+    while len(body) - at >= 4:
+        template_id, count = PAIR.unpack_from(body, at)
+        if version == 10 and count == 0:  # a withdrawal is 4 bytes, even in options sets
+            templates.append((template_id, None))
+            at += 4
+            continue
+        if len(body) - at < head:
+            return templates, "short template"
+        scope = 0
+        if options and version == 9:  # scope and option lengths, in bytes
+            scope, count = count // 4, (count + PAIR.unpack_from(body, at + 2)[1]) // 4
+        elif options:
+            scope = PAIR.unpack_from(body, at + 2)[1]
+        at += head
+        if not 0 < count <= MAX_FIELDS or template_id < FIRST_DATA_SET or scope > count:
+            # where the next template starts is unknowable
+            return templates, ("template id under 256" if template_id < FIRST_DATA_SET
+                               else "template of no field or too many")
+        fields, at, malformed = read_fields(version, body, at, count)
+        if malformed:
+            return templates, malformed
+        templates.append((template_id, Template(fields, options, scope)))
+    return templates, ""
+
+
+def read_fields(version: int, body: memoryview, at: int, count: int
+                ) -> Tuple[Tuple[Field, ...], int, str]:
+    """A template's `count` field specifiers from `at`, where they end, and
+    why they are unreadable ("" if they are not)."""
+    if len(body) - at >= 4 * count:  # all at once, unless enterprise numbers follow
+        specs = struct.unpack_from(f"!{2 * count}H", body, at)
+        ies, lengths = specs[::2], specs[1::2]
+        if version == 9 or max(ies) < ENTERPRISE:
+            if 0 in lengths or (version == 9 and VARIABLE in lengths):
+                return (), at, "field of no length"
+            return tuple(zip(ies, (0,) * count, lengths)), at + 4 * count, ""
+    fields = []
+    for _ in range(count):
+        if len(body) - at < 4:
+            return (), at, "short template"
+        ie, length = PAIR.unpack_from(body, at)
+        at += 4
+        enterprise = 0
+        if version == 10 and ie & ENTERPRISE:
+            if len(body) - at < 4:
+                return (), at, "short template"
+            ie, enterprise = ie & ~ENTERPRISE, int.from_bytes(body[at:at + 4], "big")
+            at += 4
+        if length == 0 or (length == VARIABLE and version == 9):
+            return (), at, "field of no length"
+        fields.append((ie, enterprise, length))
+    return tuple(fields), at, ""
 
 
 class Collector:
-    """Export datagrams in, one JSON line per flow out, to `out` or stdout;
-    what it learns goes into `templates`."""
+    """Export datagrams in, flows out to `out` or stdout, one JSON line per
+    flow or FLOW records (`format`, by default NETFLOW_FORMAT's); what it
+    learns goes into `templates`."""
 
-    def __init__(self, out: Optional[str], templates: Templates, interval: float = 1.0) -> None:
+    def __init__(self, out: Optional[str], templates: Templates, interval: float = 1.0,
+                 format: Optional[str] = None) -> None:
+        format = format or os.environ.get("NETFLOW_FORMAT") or "json"
+        if format not in FORMATS:
+            raise ValueError(f"NETFLOW_FORMAT must be {' or '.join(FORMATS)}, not {format!r}")
+        self.sink = FORMATS[format]()
         self.fd = (os.open(out, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
                    if out else sys.stdout.fileno())
         self.templates = templates
         self.interval = interval
-        self.lines: List[str] = []
         self.last = self.reported = time.monotonic()
-        self.flows = 0
+        self.flows = 0  # written
         self.malformed: "Counter[str]" = Counter()  # datagrams or sets, by reason
         # data sets that came before their template, by (exporter, domain, template id)
         self.unknown: "Counter[Key]" = Counter()
         self.unknown_elsewhere = 0  # past MAX_UNKNOWN keys
         self.unreported = False
-        # the data sets of this batch, by template, until one decode each
-        self.pending: Dict[Template, List[Tuple[memoryview, Export]]] = {}
+        self.pending: Dict[Template, Pending] = {}
+        # this batch's data sets' templates, looked up once a batch while they stand
+        self.looked_up: Dict[Key, Tuple[Template, Pending]] = {}
+        self.template_sets: Dict[Tuple[int, bool, bytes], TemplateSet] = {}  # read, by bytes
 
     def add(self, batch) -> None:
         for packet in batch:
@@ -318,7 +453,7 @@ class Collector:
         now = time.monotonic()
         if self.unreported and now - self.reported >= 1.0:
             self.report()
-        if now - self.last >= self.interval:
+        if now - self.last >= self.interval or self.sink.held >= MAX_HELD:
             self.flush()
 
     def datagram(self, exporter: str, data: memoryview) -> None:
@@ -330,14 +465,14 @@ class Collector:
         if version == 9 and len(data) >= V9_HEADER.size:
             _, _, uptime, secs, _, domain = V9_HEADER.unpack_from(data)
             start, end = V9_HEADER.size, len(data)
-            export = Export(exporter, domain, secs * 1000, uptime, -1)
+            export = (exporter, domain, secs * 1000, uptime)
         elif version == 10 and len(data) >= IPFIX_HEADER.size:
             _, end, secs, _, domain = IPFIX_HEADER.unpack_from(data)
             if not IPFIX_HEADER.size <= end <= len(data):
                 self.malformed["length past the datagram"] += 1
                 return
             start = IPFIX_HEADER.size
-            export = Export(exporter, domain, secs * 1000, -1, -1)
+            export = (exporter, domain, secs * 1000, -1)
         else:
             self.malformed["short header" if version in (9, 10) else "not v9 or IPFIX"] += 1
             return
@@ -349,75 +484,70 @@ class Collector:
             if length < SET.size or start + length > end:
                 self.malformed["set past the datagram"] += 1
                 return
-            body = data[start + SET.size:start + length]
-            if set_id == TEMPLATE_SET[version] or set_id == OPTIONS_SET[version]:
-                self.template_set(export, version, body, set_id == OPTIONS_SET[version])
-            elif set_id >= FIRST_DATA_SET:
-                self.data_set(export, set_id, body)
+            if set_id >= FIRST_DATA_SET:
+                self.data_set(export, set_id, data, start + SET.size, start + length)
+            elif set_id == TEMPLATE_SET[version] or set_id == OPTIONS_SET[version]:
+                self.template_set(export, version, data[start + SET.size:start + length],
+                                  set_id == OPTIONS_SET[version])
             else:
                 self.malformed["reserved set id"] += 1
             start += length
 
     def template_set(self, export: Export, version: int, body: memoryview, options: bool) -> None:
-        """Templates one after the other; what is left shorter than one is padding."""
-        exporter, domain = export.exporter, export.domain
-        head = 6 if options else 4  # options templates say their scope too
-        at = 0
-        while len(body) - at >= 4:
-            template_id, count = PAIR.unpack_from(body, at)
-            if version == 10 and count == 0:  # a withdrawal is 4 bytes, even in options sets
+        """Learn (or withdraw) its templates. Exporters send the same sets
+        over and over: one seen before is not read again."""
+        seen = (version, options, bytes(body))
+        parsed = self.template_sets.get(seen)
+        if parsed is None:
+            parsed = read_template_set(version, body, options)
+            if len(self.template_sets) >= MAX_TEMPLATE_SETS:  # forged ones: start over
+                self.template_sets.clear()
+            if len(body) <= MAX_TEMPLATE_SET:
+                self.template_sets[seen] = parsed
+        templates, malformed = parsed
+        self.looked_up.clear()
+        exporter, domain, _, _ = export
+        for template_id, template in templates:
+            if template is None:
                 self.templates.withdraw(exporter, domain, template_id, options)
-                at += 4
-                continue
-            if len(body) - at < head:
-                self.malformed["short template"] += 1
-                return
-            scope = 0
-            if options and version == 9:  # scope and option lengths, in bytes
-                scope, count = count // 4, (count + PAIR.unpack_from(body, at + 2)[1]) // 4
-            elif options:
-                scope = PAIR.unpack_from(body, at + 2)[1]
-            at += head
-            if not 0 < count <= MAX_FIELDS or template_id < FIRST_DATA_SET or scope > count:
-                self.malformed["template id under 256" if template_id < FIRST_DATA_SET
-                               else "template of no field or too many"] += 1
-                return  # where the next template starts is unknowable
-            fields = []
-            for _ in range(count):
-                if len(body) - at < 4:
-                    self.malformed["short template"] += 1
-                    return
-                ie, length = PAIR.unpack_from(body, at)
-                at += 4
-                enterprise = 0
-                if version == 10 and ie & ENTERPRISE:
-                    if len(body) - at < 4:
-                        self.malformed["short template"] += 1
-                        return
-                    ie, enterprise = ie & ~ENTERPRISE, int.from_bytes(body[at:at + 4], "big")
-                    at += 4
-                if length == 0 or (length == VARIABLE and version == 9):
-                    self.malformed["field of no length"] += 1
-                    return
-                fields.append((ie, enterprise, length))
-            template = Template(tuple(fields), options, scope)
-            self.templates.add((exporter, domain, template_id), template)
-
-    def data_set(self, export: Export, template_id: int, body: memoryview) -> None:
-        key = (export.exporter, export.domain, template_id)
-        template = self.templates.get(key)
-        if template is None:
-            if key in self.unknown or len(self.unknown) < MAX_UNKNOWN:
-                self.unknown[key] += 1
             else:
-                self.unknown_elsewhere += 1
-            self.unreported = True
-        elif template.options:
-            self.options(export, template, body)
-        else:
-            boot_ms = self.templates.boot(export.exporter, export.domain)
-            export = export._replace(boot_ms=-1 if boot_ms is None else boot_ms)
-            self.pending.setdefault(template, []).append((body, export))
+                self.templates.add((exporter, domain, template_id), template)
+        if malformed:
+            self.malformed[malformed] += 1
+
+    def data_set(self, export: Export, template_id: int, data: memoryview, start: int,
+                 end: int) -> None:
+        """Keep data[start:end], a data set, to decode with the batch's others."""
+        exporter, domain, _, uptime = export
+        key = (exporter, domain, template_id)
+        known = self.looked_up.get(key)
+        if known is None:
+            template = self.templates.get(key)
+            if template is None:
+                if key in self.unknown or len(self.unknown) < MAX_UNKNOWN:
+                    self.unknown[key] += 1
+                else:
+                    self.unknown_elsewhere += 1
+                self.unreported = True
+                return
+            if template.options:
+                self.options(export, template, data[start:end])
+                return
+            pending = self.pending.get(template)
+            if pending is None:
+                pending = self.pending[template] = Pending()
+            known = self.looked_up[key] = (template, pending)
+        template, pending = known
+        boot_ms = None
+        if uptime < 0:  # IPFIX: times since boot are dated by the boot time
+            boot_ms = self.templates.boot(exporter, domain)
+        if template.size:  # whole records: what is left is padding
+            count = (end - start) // template.size
+            end = start + count * template.size
+            pending.counts.append(count)
+        pending.bodies.append(data[start:end])
+        pending.exports.append(export)
+        pending.boots.append(-1 if boot_ms is None else boot_ms)
 
     def options(self, export: Export, template: Template, body: memoryview) -> None:
         """Options records about the exporter: keep its boot time."""
@@ -427,7 +557,7 @@ class Collector:
                     if boot_ms > MAX_MS:
                         self.malformed["boot time out of range"] += 1
                         continue
-                    self.templates.set_boot(export.exporter, export.domain, boot_ms)
+                    self.templates.set_boot(export[0], export[1], boot_ms)
 
     def records(self, template: Template, body: memoryview):
         """The records of one data set: a structured array for a fixed-length
@@ -450,43 +580,40 @@ class Collector:
         return out
 
     def decode_pending(self) -> None:
-        """Decode the data sets kept, one template at a time."""
-        for template, sets in self.pending.items():
-            self.lines += self.decode(template, sets)
+        """Decode the data sets kept, one template at a time, into the sink."""
+        for template, pending in self.pending.items():
+            self.sink.add(self.decode(template, pending))
         self.pending.clear()
+        self.looked_up.clear()
 
-    def decode(self, template: Template, sets: List[Tuple[memoryview, Export]]) -> List[str]:
-        """One JSON line per record of the data sets of one template: each
-        field a column, turned into JSON text at once."""
-        if template.dtype is not None:  # the records of all sets, padding cut, in one array
-            size = template.dtype.itemsize
-            counts = [len(body) // size for body, _ in sets]
-            array = np.frombuffer(b"".join(body[:n * size] for (body, _), n in zip(sets, counts)),
-                                  template.dtype)
-            columns = [array[f"f{i}"] for i in range(len(template.fields))]
+    def decode(self, template: Template, pending: Pending) -> Flows:
+        """The records of the data sets of one template, a column per field."""
+        if template.dtype is not None:  # the records of all sets in one array
+            counts = pending.counts
+            records = np.frombuffer(b"".join(pending.bodies), template.dtype)
         else:
-            parts = [self.records(template, body) for body, _ in sets]
+            parts = [self.records(template, body) for body in pending.bodies]
             counts = [len(part) for part in parts]
-            rows = [row for part in parts for row in part]
-            columns = [_column(rows, i) for i in range(len(template.fields))]
-        context = {name: np.repeat(np.array([getattr(e, name) for _, e in sets], np.int64), counts)
-                   for name in ("export_ms", "uptime", "boot_ms")}
-        names = ["exporter", "domain", *template.names]
-        texts = [[f'"{e.exporter}"' for (_, e), n in zip(sets, counts) for _ in range(n)],
-                 [str(e.domain) for (_, e), n in zip(sets, counts) for _ in range(n)]]
-        for kind, column in zip(template.kinds, columns):
-            texts.append(_time_texts(kind, _ints(column), context) if kind in CLOCKS
-                         else _texts(kind, column))
-        line = "{" + ", ".join(f'"{name}": %s' for name in names) + "}\n"
-        return [line % row for row in zip(*texts)]
+            records = [row for part in parts for row in part]
+        columns = [_column(records, i) for i in range(len(template.fields))]
+        exporters, domains, *clocks = zip(*pending.exports)  # of each set
+        undated = None
+        if any(kind in CLOCKS for kind in template.kinds):  # each record's export_ms, ...
+            export_ms, uptime, boot_ms = (np.repeat(np.array(c, np.int64), counts)
+                                          for c in (*clocks, pending.boots))
+            for i, kind in enumerate(template.kinds):
+                if kind in CLOCKS:
+                    columns[i] = _time_ms(kind, _ints(columns[i]), export_ms, uptime, boot_ms)
+            if UPTIME in template.kinds:
+                unknown = (uptime < 0) & (boot_ms < 0)
+                undated = unknown if unknown.any() else None
+        return Flows(template, counts, exporters, domains, columns, undated)
 
     def flush(self) -> None:
-        data = "".join(self.lines).encode()
-        self.flows += len(self.lines)
-        self.lines.clear()
+        buffers, flows = self.sink.take()
+        self.flows += flows
         self.last = time.monotonic()
-        while data:
-            data = data[os.write(self.fd, data):]
+        _write(self.fd, buffers)
 
     def report(self) -> None:
         """Log the data sets not decoded for want of a template, largest first."""
@@ -501,6 +628,103 @@ class Collector:
                     f", and {more} more" if more > 0 else "",
                     f"; {self.unknown_elsewhere} more from other sources"
                     if self.unknown_elsewhere else "")
+
+
+class JsonLines:
+    """One JSON line per flow: exporter, domain and the template's fields by
+    name, made with one format string per template from whole columns."""
+
+    def __init__(self) -> None:
+        self.lines: List[str] = []
+        self.held = 0
+
+    def add(self, flows: Flows) -> None:
+        heads = np.array([f'"exporter": "{exporter}", "domain": {domain}'
+                          for exporter, domain in zip(flows.exporters, flows.domains)], object)
+        parts, values = ["{%s"], [np.repeat(heads, flows.counts).tolist()]
+        template = flows.template
+        for name, kind, column in zip(template.names, template.kinds, flows.columns):
+            part, lists = _json(kind, column, flows.undated if kind == UPTIME else None)
+            parts.append(f'"{name}": {part}')
+            values += lists
+        line = ", ".join(parts) + "}\n"
+        lines = [line % row for row in zip(*values)]
+        self.lines += lines
+        self.held += len(lines)
+
+    def take(self) -> Tuple[List[Buffer], int]:
+        """The lines held, as bytes to write, and how many."""
+        data, count = "".join(self.lines).encode(), len(self.lines)
+        self.lines, self.held = [], 0
+        return [data], count
+
+
+class NpyRecords:
+    """FLOW records, each write one numpy array in .npy format. They are
+    made in one buffer kept from write to write: memory already mapped and
+    warm in the cache, and nothing to join."""
+
+    def __init__(self) -> None:
+        self.records = np.zeros(2 * MAX_HELD, FLOW)  # a write at MAX_HELD leaves room
+        self.held = 0
+
+    def add(self, flows: Flows) -> None:
+        count = sum(flows.counts)
+        if self.held + count > len(self.records):  # a batch of more flows than MAX_HELD
+            records = np.empty(self.held + count, FLOW)
+            records[:self.held].view(np.uint8)[:] = self.records[:self.held].view(np.uint8)
+            self.records = records
+        elif not self.held and len(self.records) > 2 * MAX_HELD:  # written: back to size
+            self.records = np.zeros(2 * MAX_HELD, FLOW)
+        out = self.records[self.held:self.held + count]
+        out.view(np.uint8)[:] = 0  # 0 for the fields the template does not have
+        self.held += count
+        if len(set(flows.exporters)) == 1 and len(set(flows.domains)) == 1:  # as a rule
+            out["exporter"], out["domain"] = _address16(flows.exporters[0]), flows.domains[0]
+        else:
+            exporters = np.frombuffer(b"".join(map(_address16, flows.exporters)), "V16")
+            out["exporter"] = np.repeat(exporters, flows.counts)
+            out["domain"] = np.repeat(np.array(flows.domains, np.uint32), flows.counts)
+        template = flows.template
+        for name, kind, column in zip(template.names, template.kinds, flows.columns):
+            if name not in FLOW.fields:
+                continue
+            if kind == ADDRESS:
+                _put_addresses(out[name], column)
+            elif kind == UPTIME and flows.undated is not None:
+                out[name] = np.where(flows.undated, 0, column)
+            elif isinstance(column, np.ndarray) and column.dtype.kind in "ui":
+                out[name] = column
+            else:
+                out[name] = _ints(column)
+
+    def take(self) -> Tuple[List[Buffer], int]:
+        """The records held as one .npy array (header, then data: a view of
+        the buffer, to write before the next add), and how many."""
+        count, self.held = self.held, 0
+        if not count:
+            return [], 0
+        header = io.BytesIO()
+        np.lib.format.write_array_header_1_0(header, {
+            "descr": np.lib.format.dtype_to_descr(FLOW), "fortran_order": False,
+            "shape": (count,)})
+        return [header.getvalue(), self.records[:count].view(np.uint8)], count
+
+
+FORMATS = {"json": JsonLines, "npy": NpyRecords}
+
+
+def _write(fd: int, buffers: List[Buffer]) -> None:
+    """All of `buffers`, in one writev as a rule: workers appending to one
+    file never mix their flushes."""
+    views = [memoryview(b) for b in buffers]
+    while views:
+        written = os.writev(fd, views)
+        while views and written >= views[0].nbytes:
+            written -= views[0].nbytes
+            views.pop(0)
+        if views:
+            views[0] = views[0][written:]
 
 
 def _variable_length(body: memoryview, at: int) -> Tuple[int, int]:
@@ -519,23 +743,40 @@ def _column(records, i: int):
 
 
 def _ints(column) -> np.ndarray:
-    """A column of numbers of any length up to 8 bytes, as uint64."""
+    """A column of numbers of any length, as uint64 (the last 8 bytes)."""
     if isinstance(column, np.ndarray) and column.dtype.kind == "u":
         return column.astype(np.uint64)
-    values = column.tolist() if isinstance(column, np.ndarray) else column
-    return np.array([int.from_bytes(v[-8:], "big") for v in values], dtype=np.uint64)
+    if isinstance(column, np.ndarray):  # raw bytes of another length: right-aligned in 8
+        octets = _words(column)[:, -8:]
+        wide = np.zeros((len(column), 8), np.uint8)
+        wide[:, 8 - octets.shape[1]:] = octets
+        return wide.view(">u8")[:, 0].astype(np.uint64)
+    return np.array([int.from_bytes(v[-8:], "big") for v in column], dtype=np.uint64)
+
+
+def _words(column: np.ndarray, dtype="u1") -> np.ndarray:
+    """A column of raw values (a numpy void dtype, as of a structured
+    array's field) as rows of `dtype`, bytes by default: the same memory."""
+    return column[:, None].view(dtype)
+
+
+def _json(kind: str, column, undated: Optional[np.ndarray]) -> Tuple[str, List[list]]:
+    """A column as JSON: the format of one value, and the lists it takes."""
+    if isinstance(column, np.ndarray) and column.dtype.kind in "ui":  # numbers and times
+        if undated is None:
+            return "%d", [column.tolist()]
+        return "%s", [["null" if no else str(ms)
+                       for ms, no in zip(column.tolist(), undated.tolist())]]
+    if kind == ADDRESS and isinstance(column, np.ndarray) and column.dtype.itemsize == 4:
+        return '"%d.%d.%d.%d"', _words(column).T.tolist()  # IPv4: no text per value
+    return "%s", [_texts(kind, column)]
 
 
 def _texts(kind: str, column) -> List[str]:
-    """Each value of a column as JSON text."""
-    if isinstance(column, np.ndarray) and column.dtype.kind == "u":
-        return list(map(str, column.tolist()))
+    """Each value of a column of bytes as JSON text."""
     values = column.tolist() if isinstance(column, np.ndarray) else column  # bytes
     if kind == INT:
         return [str(int.from_bytes(v, "big")) for v in values]
-    if kind == ADDRESS and isinstance(column, np.ndarray) and column.dtype.itemsize == 4:
-        ntoa = socket.inet_ntoa  # IPv4 in a fixed-length record: most addresses, the fast way
-        return ['"%s"' % ntoa(v) for v in values]
     if kind == ADDRESS:
         return [f'"{_address(v)}"' for v in values]
     if kind == TEXT:  # exporters pad names with NULs
@@ -551,35 +792,62 @@ def _address(value: bytes) -> str:
     return value.hex()
 
 
-def _time_texts(clock: str, t: np.ndarray, context: Dict[str, np.ndarray]) -> List[str]:
-    """Times as Unix milliseconds in JSON text; null for a time since an
-    IPFIX exporter's boot when its boot time has not come yet."""
-    known = None
-    if clock == UPTIME:  # v9 dates it by the header's uptime, IPFIX by the boot time
-        uptime, boot_ms = context["uptime"], context["boot_ms"]
-        ms = np.where(uptime >= 0, context["export_ms"] - _age(uptime, t.astype(np.int64)),
-                      boot_ms + t.astype(np.int64))
-        known = (uptime >= 0) | (boot_ms >= 0)
-    elif clock == SECONDS:
-        ms = t.astype(np.int64) * 1000
-    elif clock == MILLISECONDS:
-        ms = t.astype(np.int64)
-    elif clock == NTP:  # seconds since 1900, and a binary fraction of one
-        ms = ((t >> 32).astype(np.int64) - NTP_EPOCH) * 1000 \
+@lru_cache(maxsize=4096)
+def _address16(address: str) -> bytes:
+    """An exporter's address as FLOW keeps it."""
+    if ":" in address:
+        return socket.inet_pton(socket.AF_INET6, address)
+    return IPV4_MAPPED + socket.inet_pton(socket.AF_INET, address)
+
+
+def _put_addresses(target: np.ndarray, column) -> None:
+    """Addresses into a FLOW field: 16 bytes, IPv4 mapped into IPv6
+    (::ffff:a.b.c.d), zero for an address of another length; copied as
+    4- or 8-byte words, which numpy copies fastest."""
+    if not isinstance(column, np.ndarray):  # bytes, one by one
+        column = np.array([_mapped(v) for v in column], "V16")
+    if column.dtype.itemsize == 4:
+        words = _words(target, "<u4")
+        words[:, 2] = int.from_bytes(IPV4_MAPPED[8:], "little")
+        words[:, 3] = _words(column, "<u4")[:, 0]
+    elif column.dtype.itemsize == 16:
+        _words(target, "<u8")[:] = _words(column, "<u8")
+
+
+def _mapped(value: bytes) -> bytes:
+    return (IPV4_MAPPED + value if len(value) == 4 else value if len(value) == 16
+            else bytes(16))
+
+
+def _time_ms(clock: str, t: np.ndarray, export_ms: np.ndarray, uptime: np.ndarray,
+             boot_ms: np.ndarray) -> np.ndarray:
+    """Times (uint64) as Unix milliseconds (int64), by their clock; a time
+    since an IPFIX exporter's unknown boot is left as it is."""
+    if clock == NTP:  # seconds since 1900, and a binary fraction of one
+        return ((t >> 32).astype(np.int64) - NTP_EPOCH) * 1000 \
             + (((t & 0xFFFFFFFF) * 1000) >> 32).astype(np.int64)
-    else:  # BEFORE_EXPORT, in microseconds
-        ms = context["export_ms"] - (t // 1000).astype(np.int64)
-    texts = list(map(str, ms.tolist()))
-    if known is not None and not known.all():
-        texts = [text if ok else "null" for text, ok in zip(texts, known.tolist())]
-    return texts
+    if clock == BEFORE_EXPORT:  # in microseconds
+        return export_ms - (t // 1000).astype(np.int64)
+    t = t.astype(np.int64)
+    if clock == SECONDS:
+        return t * 1000
+    if clock == MILLISECONDS:
+        return t
+    v9 = uptime >= 0  # v9 dates times since boot by the header's uptime, IPFIX by the boot time
+    if v9.all():  # a batch's sets of one template come from one exporter, as a rule
+        return export_ms - _age(uptime, t)
+    if not v9.any():
+        return boot_ms + t
+    return np.where(v9, export_ms - _age(uptime, t), boot_ms + t)
 
 
 def _age(uptime: np.ndarray, at: np.ndarray) -> np.ndarray:
     """ms from a flow time `at` to the export, both on a v9 exporter's
-    wrapping 32-bit uptime clock (as in netflow_v5)."""
-    age = (uptime - at) & 0xFFFFFFFF
-    return np.where(age > (1 << 32) - FUTURE_MS, age - (1 << 32), age)
+    wrapping 32-bit uptime clock (as in netflow_v5): their difference mod
+    2**32, less 2**32 when within FUTURE_MS of it (a clock slip: the flow
+    is from just after the export, not 49 days old)."""
+    slip = FUTURE_MS - 1
+    return ((uptime - at + slip) & 0xFFFFFFFF) - slip
 
 
 templates = Templates()  # the state a worker hands to the next

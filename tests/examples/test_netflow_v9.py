@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import datetime
 import io
+import ipaddress
 import json
 import os
 import re
@@ -25,6 +26,7 @@ import time
 from collections import Counter
 from typing import List
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -35,8 +37,8 @@ from server import Server, serving
 
 sys.path.insert(0, EXAMPLES)
 import netflow_v9  # noqa: E402
-from netflow_v9 import (MAX_BOOTS, MAX_FIELDS, MAX_STATE_BYTES, MAX_TEMPLATES,  # noqa: E402
-                        VARIABLE, Collector, Template, Templates)
+from netflow_v9 import (FLOW, MAX_BOOTS, MAX_FIELDS, MAX_STATE_BYTES,  # noqa: E402
+                        MAX_TEMPLATES, VARIABLE, Collector, Template, Templates)
 
 UDP, TCP, ICMP, ICMP6 = 17, 6, 1, 58
 # The traffic softflowd turns into flows: (src, dst, proto, sport, dport,
@@ -604,7 +606,7 @@ def test_no_datagram_makes_the_collector_raise_or_write_anything_but_json(name, 
     collector = Collector(os.devnull, Templates())
     collector.datagram("127.0.0.1", memoryview(bytes(data[:cut])))
     collector.decode_pending()
-    for line in collector.lines:
+    for line in collector.sink.lines:
         assert json.loads(line)["exporter"] == "127.0.0.1"
     # Whatever was learned can be handed on.
     assert Templates.load(collector.templates.dump()).templates == collector.templates.templates
@@ -616,7 +618,7 @@ def test_the_samples_decode_whole():
     for make, sets in SAMPLES.values():
         collector.datagram("127.0.0.1", memoryview(make(*sets)))
     collector.decode_pending()
-    flows = [json.loads(line) for line in collector.lines]
+    flows = [json.loads(line) for line in collector.sink.lines]
     assert [(f["src"], f.get("dst"), f["first"]) for f in flows] == [
         ("10.9.0.1", None, START * 1000 + 5), ("10.9.0.1", "10.9.0.2", START * 1000 + 1000)]
     assert flows[0]["ie9.12235"] == "78" * 300 and flows[1]["last"] == START * 1000 + 2000
@@ -624,3 +626,62 @@ def test_the_samples_decode_whole():
     # IPFIX's template 300 withdrawn, then all its data templates (not options)
     assert set(collector.templates.templates) == {
         ("127.0.0.1", 1, 301), ("127.0.0.1", 0, 256), ("127.0.0.1", 0, 257)}
+
+
+# -- the binary format -------------------------------------------------------------
+
+def npy_records(path: str) -> np.ndarray:
+    """Every array an NETFLOW_FORMAT=npy collector wrote, read as its docstring says."""
+    arrays = []
+    with open(path, "rb") as f:
+        while f.peek(1):
+            arrays.append(np.load(f))
+    return np.concatenate(arrays)
+
+
+def record_in_flow_fields(record: np.void) -> tuple:
+    """A FLOW record's values, addresses as text."""
+    values = []
+    for name in FLOW.names:
+        if FLOW.fields[name][0].kind == "V":
+            address = ipaddress.IPv6Address(bytes(record[name]))
+            values.append(str(address.ipv4_mapped or address))
+        else:
+            values.append(int(record[name]))
+    return tuple(values)
+
+
+def json_in_flow_fields(flow: dict) -> tuple:
+    """A JSON line's values of FLOW's fields: 0 (an address: ::) for a field
+    its template has not, and for a null time."""
+    return tuple(str(ipaddress.ip_address(flow.get(name) or "::"))
+                 if FLOW.fields[name][0].kind == "V" else flow.get(name) or 0
+                 for name in FLOW.names)
+
+
+@pytest.mark.parametrize("version", ["9", "10"])
+def test_npy_records_are_the_flows_of_the_json_lines(version, tmp_path):
+    needs("softflowd")
+    pcap = str(tmp_path / "traffic.pcap")
+    write_pcap(pcap, FLOWS)
+    # Two layouts of each template (see the nfdump test), IPv4 and IPv6.
+    exported = (softflowd_export(pcap, "-v", version, "-a")
+                + softflowd_export(pcap, "-v", version, "-A", "milli"))
+    # Variable-length fields, IPv4 in a record read value by value, and a
+    # time since a boot not yet known (null in JSON, 0 in FLOW).
+    make, sets = SAMPLES["ipfix" if version == "10" else "v9"]
+    built = [make(*sets), ipfix(2, ipfix_set(2, template(256, (8, 4), (22, 4))),
+                                ipfix_set(256, ip("10.9.0.5") + struct.pack("!I", 7)))]
+    outputs = {}
+    for format in ("json", "npy"):
+        outputs[format] = str(tmp_path / f"flows.{format}")
+        collector = Collector(outputs[format], Templates(), format=format)
+        decode(collector, exported)  # one write each
+        decode(collector, built)
+        assert not collector.unknown and not collector.malformed
+    records, flows = npy_records(outputs["npy"]), json_lines(outputs["json"])
+    assert records.dtype == FLOW
+    assert len(records) == len(flows) == 2 * len(FLOWS) + 2
+    assert Counter(map(record_in_flow_fields, records)) == Counter(map(json_in_flow_fields, flows))
+    assert sum(f["src"] == "2001:db8::1" for f in flows) == 2
+    assert [f["first"] for f in flows if f["domain"] == 2] == [None]
