@@ -103,7 +103,6 @@ def collector_round(datagrams: List[bytes], format: str) -> float:
             reader.run_batches(on_batch)
             collector.flush()
             seconds = time.process_time() - start
-            os.close(collector.fd)
     finally:
         shutil.rmtree(folder)
     assert not collector.unknown and not collector.malformed

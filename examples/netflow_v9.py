@@ -430,8 +430,11 @@ class Collector:
         if format not in FORMATS:
             raise ValueError(f"NETFLOW_FORMAT must be {' or '.join(FORMATS)}, not {format!r}")
         self.sink = FORMATS[format]()
-        self.fd = (os.open(out, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-                   if out else sys.stdout.fileno())
+        # Opened at each flush, so a collector holds no descriptor between
+        # (one a second: nothing to close, whoever drops the collector).
+        self.out = out
+        if out:
+            os.close(_append(out))
         self.templates = templates
         self.interval = interval
         self.last = self.reported = time.monotonic()
@@ -613,7 +616,14 @@ class Collector:
         buffers, flows = self.sink.take()
         self.flows += flows
         self.last = time.monotonic()
-        _write(self.fd, buffers)
+        if not self.out:
+            _write(sys.stdout.fileno(), buffers)
+            return
+        fd = _append(self.out)
+        try:
+            _write(fd, buffers)
+        finally:
+            os.close(fd)
 
     def report(self) -> None:
         """Log the data sets not decoded for want of a template, largest first."""
@@ -712,6 +722,10 @@ class NpyRecords:
 
 
 FORMATS = {"json": JsonLines, "npy": NpyRecords}
+
+
+def _append(path: str) -> int:
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
 
 
 def _write(fd: int, buffers: List[Buffer]) -> None:
