@@ -6,7 +6,6 @@ runs under `udp-reader serve`, and its worker_stop() writes the tail."""
 from __future__ import annotations
 
 import csv
-import datetime
 import io
 import json
 import os
@@ -16,32 +15,14 @@ import socket
 import struct
 import subprocess
 import sys
-import tempfile
-import time
 
-import pytest
 import statsd
 
 from conftest import DEADLINE, wait_until_bound
+from external import needs, plain_env, tool, utc_ms, wait_until_queue_empty
 from places import EXAMPLES
 from server import Server
 
-
-
-def needs(*tools: str) -> None:
-    for tool in tools:
-        if shutil.which(tool) is None:
-            pytest.fail(f"{tool} is missing: .ci/run installs it")
-
-
-def plain_env() -> dict[str, str]:
-    """For someone else's tools: without the sanitizer runtime CI preloads
-    for our code, whose checks are not meant for theirs."""
-    return {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
-
-
-def tool(command: list[str], **kwargs):
-    return subprocess.run(command, env=plain_env(), timeout=DEADLINE, **kwargs)
 
 
 def serve_example(name: str, handler: str, record_dir: str, *args: str) -> Server:
@@ -54,25 +35,6 @@ def serve_example(name: str, handler: str, record_dir: str, *args: str) -> Serve
 def json_lines(path: str) -> list[dict]:
     with open(path) as f:
         return [json.loads(line) for line in f]
-
-
-def wait_until_queue_empty(port: int) -> None:
-    """Until the UDP socket bound to `port` has nothing queued (/proc/net/udp)."""
-    local = f":{port:04X}"
-    deadline = time.monotonic() + DEADLINE
-    while time.monotonic() < deadline:
-        with open("/proc/net/udp") as f:
-            rows = [line.split() for line in f.readlines()[1:]]
-        if all(int(r[4].split(":")[1], 16) == 0 for r in rows if r[1].endswith(local)):
-            return
-        time.sleep(0.02)
-    pytest.fail(f"the socket on port {port} never emptied its queue")
-
-
-@pytest.fixture
-def record_dir():
-    with tempfile.TemporaryDirectory() as d:
-        yield d
 
 
 def test_syslog_from_logger_to_json_lines(record_dir, monkeypatch):
@@ -219,8 +181,8 @@ def test_netflow_from_softflowd_matches_nfdump(record_dir, monkeypatch):
     assert server.stop() == 0
     ours = {(f["src"], f["dst"], f["proto"], f["sport"], f["dport"], f["packets"], f["bytes"])
             for f in json_lines(out)}
-    dump = tool(["nfdump", "-R", flow_dir, "-o", "csv"], check=True, capture_output=True,
-                text=True).stdout
+    dump = tool(["nfdump", "-R", flow_dir, "-o", "csv"], utc=True, check=True,
+                capture_output=True, text=True).stdout
     flows = dump.split("\n\n")[0].split("\nSummary")[0]  # the flow table, not the summary
     rows = list(csv.DictReader(io.StringIO(flows)))
     assert rows
@@ -237,21 +199,14 @@ def test_netflow_from_softflowd_matches_nfdump(record_dir, monkeypatch):
     # nfdump's (ms since the epoch; nfdump prints them in UTC here).
     ours_times = {(f["src"], f["dst"], f["sport"]): (f["first"], f["last"])
                   for f in json_lines(out)}
-    times = subprocess.run(["nfdump", "-q", "-R", flow_dir, "-o", "fmt:%sa|%da|%sp|%ts|%te"],
-                           check=True, capture_output=True, text=True, timeout=DEADLINE,
-                           env=dict(plain_env(), TZ="UTC")).stdout
+    times = tool(["nfdump", "-q", "-R", flow_dir, "-o", "fmt:%sa|%da|%sp|%ts|%te"], utc=True,
+                 check=True, capture_output=True, text=True).stdout
     theirs_times = {}
     for line in times.splitlines():
         sa, da, sp, ts, te = (field.strip() for field in line.split("|"))
-        theirs_times[(sa, da, int(sp))] = (_utc_ms(ts), _utc_ms(te))
+        theirs_times[(sa, da, int(sp))] = (utc_ms(ts), utc_ms(te))
     assert len(theirs_times) == len(FLOWS)
     assert ours_times == theirs_times
-
-
-def _utc_ms(text: str) -> int:
-    """nfdump's 'YYYY-MM-DD HH:MM:SS.mmm' (UTC) as ms since the epoch."""
-    stamp = datetime.datetime.strptime(text, "%Y-%m-%d %H:%M:%S.%f")
-    return round(stamp.replace(tzinfo=datetime.timezone.utc).timestamp() * 1000)
 
 
 def test_syslog_json_escapes_what_a_terminal_would_obey(record_dir, monkeypatch):

@@ -19,8 +19,9 @@ import pytest
 
 from harness import settled, wait_until
 from server import Server
-from test_netflow_v9 import (Collector, Templates, decode, flows_of, many_flows, needs,
-                             softflowd_export, wait_until_queue_empty, write_pcap)
+from external import needs, wait_until_queue_empty
+from test_netflow_v9 import (Collector, Templates, decode, flows_of, many_flows, softflowd_export,
+                             write_pcap)
 
 EXPORTERS = [f"127.0.0.{i}" for i in range(2, 6)]
 FLOWS = 640  # per pass of one exporter: softflowd's 20 datagrams, templates in the 1st and 17th

@@ -9,7 +9,6 @@ bytes let a fresh collector decode data sets whose template it never saw."""
 from __future__ import annotations
 
 import csv
-import datetime
 import io
 import ipaddress
 import json
@@ -21,8 +20,6 @@ import socket
 import struct
 import subprocess
 import sys
-import tempfile
-import time
 from collections import Counter
 from typing import List
 
@@ -31,7 +28,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import DEADLINE, wait_until_bound
+from conftest import DEADLINE, free_port, wait_until_bound
+from external import needs, plain_env, tool, utc_ms, wait_until_queue_empty
 from places import EXAMPLES
 from server import Server, serving
 
@@ -53,48 +51,6 @@ START = 1_700_000_000  # the pcap's first second
 
 
 # -- what the tests are made of ----------------------------------------------
-
-def needs(*tools: str) -> None:
-    for tool in tools:
-        if shutil.which(tool) is None:
-            pytest.fail(f"{tool} is missing: .ci/run installs it")
-
-
-def plain_env() -> dict[str, str]:
-    """For someone else's tools: without the sanitizer runtime CI preloads
-    for our code, whose checks are not meant for theirs."""
-    return {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
-
-
-def tool(command: list[str], **kwargs):
-    """Someone else's tool, its times in UTC."""
-    return subprocess.run(command, env=dict(plain_env(), TZ="UTC"), timeout=DEADLINE, **kwargs)
-
-
-def wait_until_queue_empty(port: int) -> None:
-    """Until the UDP socket bound to `port` has nothing queued (/proc/net/udp)."""
-    local = f":{port:04X}"
-    deadline = time.monotonic() + DEADLINE
-    while time.monotonic() < deadline:
-        with open("/proc/net/udp") as f:
-            rows = [line.split() for line in f.readlines()[1:]]
-        if all(int(r[4].split(":")[1], 16) == 0 for r in rows if r[1].endswith(local)):
-            return
-        time.sleep(0.02)
-    pytest.fail(f"the socket on port {port} never emptied its queue")
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-@pytest.fixture
-def record_dir():
-    with tempfile.TemporaryDirectory() as d:
-        yield d
-
 
 def _frame(src: str, dst: str, proto: int, sport: int, dport: int, payload: bytes) -> bytes:
     """An Ethernet frame with IPv4 or IPv6 and UDP, TCP (ACK|PSH) or an ICMP
@@ -175,21 +131,15 @@ def nfdump_flows(datagrams: List[bytes], record_dir: str) -> List[dict]:
     finally:
         nfcapd.send_signal(signal.SIGTERM)
         nfcapd.wait(DEADLINE)
-    dump = tool(["nfdump", "-R", flow_dir, "-o", "csv"], check=True, capture_output=True,
-                text=True).stdout
+    dump = tool(["nfdump", "-R", flow_dir, "-o", "csv"], utc=True, check=True,
+                capture_output=True, text=True).stdout
     rows = list(csv.DictReader(io.StringIO(dump.split("\nSummary")[0].strip())))
     # Milliseconds: the CSV has whole seconds only.
-    times = tool(["nfdump", "-q", "-R", flow_dir, "-o", "fmt:%ts|%te"], check=True,
+    times = tool(["nfdump", "-q", "-R", flow_dir, "-o", "fmt:%ts|%te"], utc=True, check=True,
                  capture_output=True, text=True).stdout
     for row, line in zip(rows, times.splitlines()):
-        row["first"], row["last"] = (_utc_ms(t.strip()) for t in line.split("|"))
+        row["first"], row["last"] = (utc_ms(t.strip()) for t in line.split("|"))
     return rows
-
-
-def _utc_ms(text: str) -> int:
-    """nfdump's 'YYYY-MM-DD HH:MM:SS.mmm' (UTC) as ms since the epoch."""
-    stamp = datetime.datetime.strptime(text, "%Y-%m-%d %H:%M:%S.%f")
-    return round(stamp.replace(tzinfo=datetime.timezone.utc).timestamp() * 1000)
 
 
 PROTOCOLS = {"UDP": UDP, "TCP": TCP, "ICMP": ICMP, "ICMP6": ICMP6}
@@ -316,8 +266,8 @@ def test_data_sets_before_their_template_are_counted_and_reported(version, recor
     theirs = nfdump_flows(late, record_dir)
     assert Counter(map(our_key, ours)) == Counter(map(nfdump_key, theirs))
     assert 0 < len(ours) < 1000
-    assert f"15 data sets came before their template (not decoded): 127.0.0.1 domain 0 " \
-           f"template 1024: 15" in err
+    assert ("15 data sets came before their template (not decoded): 127.0.0.1 domain 0 "
+            "template 1024: 15") in err
 
 
 # -- the state a worker hands on -------------------------------------------------
