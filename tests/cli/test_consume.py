@@ -98,3 +98,31 @@ def test_no_such_stream_is_one_line_and_exit_2(jetstream):
     assert done.returncode == 2
     assert done.stderr.decode().splitlines() == [
         f"udp-reader: error: no JetStream stream 'UDP' at {jetstream.url}"]
+
+
+def frames(pcap: bytes) -> list:
+    """A pcap file's frames without their times."""
+    got, at = [], 24  # past the file header
+    while at < len(pcap):
+        length = int.from_bytes(pcap[at + 8:at + 12], "little")
+        got.append(pcap[at + 8:at + 16 + length])
+        at += 16 + length
+    return got
+
+
+def test_write_saves_the_frames_listen_saved(jetstream, tmp_path):
+    jetstream.add_stream("UDP", ["udp.>"])
+    listened, consumed = tmp_path / "listen.pcap", tmp_path / "consume.pcap"
+    with sender() as s:
+        proc, (_, port) = start("listen", "127.0.0.1:0", "--count", str(len(PAYLOADS)),
+                                "--write", str(listened), "--status-interval", "0")
+        for p in PAYLOADS:
+            s.sendto(p, ("127.0.0.1", port))
+        _, err = proc.communicate(timeout=DEADLINE)
+        assert proc.returncode == 0, err
+        forward(jetstream, port, s)
+    done = consume(jetstream, "--write", str(consumed), "--no-follow")
+    assert (done.returncode, done.stdout) == (0, b""), done.stderr
+    assert len(frames(listened.read_bytes())) == len(PAYLOADS)
+    assert frames(consumed.read_bytes()) == frames(listened.read_bytes())
+    assert consumed.read_bytes()[:24] == listened.read_bytes()[:24]
