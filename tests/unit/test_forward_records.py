@@ -56,6 +56,12 @@ def test_round_trip_keeps_every_fact_of_every_datagram(family, ip_fields):
     assert (got.batch.ttl is None) == (not ip_fields)
 
 
+def test_an_unpacked_packet_cannot_answer():
+    got = unpack(pack(batch_of([b"q"]), 53))
+    with pytest.raises(ValueError, match="a forwarded packet cannot answer"):
+        got.batch[0].reply(b"a")
+
+
 def test_an_empty_batch_is_a_message_of_none():
     got = unpack(pack(batch_of([]), 9))
     assert len(got.batch) == 0 and len(got.dst_port) == 0

@@ -116,5 +116,6 @@ def unpack(message: bytes) -> Unpacked:
     for name in _SHARED:
         records[name] = entries[name]
     records["offset"] = np.cumsum(lengths) - lengths
-    batch = _batch_of(records, view[end:], ip_fields=bool(flags & IP_FIELDS))
+    batch = _batch_of(records, view[end:], ip_fields=bool(flags & IP_FIELDS),
+                      source="a forwarded packet")
     return Unpacked(batch, entries["dst_port"].copy())
