@@ -5,6 +5,7 @@ waits for every acknowledgement before it lets its socket go."""
 
 from __future__ import annotations
 
+import re
 import signal
 import struct
 import subprocess
@@ -20,6 +21,11 @@ def sequenced(first: int, count: int) -> list[bytes]:
     return [struct.pack("<Q", n) for n in range(first, first + count)]
 
 
+def forwarded(snapshot: dict) -> int:
+    """Datagrams the stream acknowledged, as the master's status tells."""
+    return sum(x["totals"].get("forward_datagrams", 0) for x in snapshot["slots"])
+
+
 def send_from_many_ports(port: int, payloads: list[bytes]) -> None:
     # A socket per few datagrams: SO_REUSEPORT spreads them over every worker.
     for at in range(0, len(payloads), 10):
@@ -32,6 +38,11 @@ def test_every_datagram_is_in_the_stream_once_across_hup_and_stop(jetstream, rec
                     record_dir=record_dir)
     first = server.workers(serving(2))
     send_from_many_ports(server.port, sequenced(0, 1000))
+    server.status(lambda s: forwarded(s) == 1000)  # acknowledged, as the workers report
+    shown = subprocess.run([sys.executable, "-m", "udp_reader", "status", "--pid-file",
+                            server.pid_file], capture_output=True, text=True, timeout=DEADLINE)
+    assert re.search(r"^forwarded: .* acknowledged \(1,000 datagrams\), 0 re-sent, "
+                     r"0 duplicate\(s\), 0 in flight$", shown.stdout, flags=re.M), shown.stdout
     server.master.send_signal(signal.SIGHUP)  # every worker replaced, one by one
     server.status(lambda s: s["events"].get("restarts", 0) >= 1 and serving(2)(s))
     assert not set(first) & set(server.workers())

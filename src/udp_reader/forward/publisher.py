@@ -43,6 +43,10 @@ class ForwardStats:
     in_flight_bytes: int = 0
     datagrams: int = 0      # datagrams in the acknowledged messages
 
+    def counts(self) -> list:
+        """(name, value) of every counter."""
+        return list(dataclasses.asdict(self).items())
+
 
 class Publisher:
     """Publishes messages to `url` (nats://HOST:PORT[,HOST:PORT...]/SUBJECT).

@@ -169,7 +169,10 @@ class Worker:
 
     def stats(self) -> dict:
         assert self.reader is not None
-        return dict(self.reader.stats._asdict(), handler_errors=self.errors.count)
+        stats = dict(self.reader.stats._asdict(), handler_errors=self.errors.count)
+        if self.forwarder is not None:  # counted like the reader's, per slot
+            stats.update({f"forward_{name}": n for name, n in self.forwarder.stats.counts()})
+        return stats
 
     def obey(self, command: str) -> None:
         """Take a command: the first one wakes main(); a later one may only
