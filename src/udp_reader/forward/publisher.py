@@ -16,6 +16,7 @@ import asyncio
 import dataclasses
 import logging
 import threading
+import time
 from typing import Optional
 
 from udp_reader import Batch
@@ -30,6 +31,7 @@ DEFAULT_WINDOW = 8 << 20  # unacknowledged bytes before publish() waits
 DEFAULT_ACK_TIMEOUT = 5.0  # seconds before a message is sent again
 CONNECT_TIMEOUT = 5.0
 RETRY_PAUSE = 0.2  # between re-sends, so an outage is not a busy loop
+RETRY_LOG_INTERVAL = 1.0  # seconds between warnings about re-sends
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,6 +72,8 @@ class Publisher:
         self.ids = Ids(tag)
         self._stats = ForwardStats()
         self._closing = False
+        self._last_told = -RETRY_LOG_INTERVAL  # re-sends: when last logged, how many since
+        self._untold = 0
         self._room = threading.Condition()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever,
@@ -186,15 +190,26 @@ class Publisher:
                                              headers=headers)
                 break
             except Exception as e:
-                log.warning("forward to %s: %s unacknowledged (%s); sending it again",
-                            self.subject, msg_id, describe(e) or type(e).__name__)
                 with self._room:
                     self._add(retried=1)
+                self._tell_retry(msg_id, e)
                 await asyncio.sleep(RETRY_PAUSE)
         with self._room:
             self._add(acknowledged=1, duplicates=int(bool(ack.duplicate)), in_flight=-1,
                       in_flight_bytes=-len(message), datagrams=datagrams)
             self._room.notify_all()
+
+    def _tell_retry(self, msg_id: str, error: Exception) -> None:
+        """A re-send, logged at most once a second: an outage re-sends
+        every message in flight, again and again."""
+        now = time.monotonic()
+        if now - self._last_told < RETRY_LOG_INTERVAL:
+            self._untold += 1
+            return
+        more = f" (and {self._untold} more re-sends)" if self._untold else ""
+        log.warning("forward to %s: %s unacknowledged (%s); sending it again%s",
+                    self.subject, msg_id, describe(error) or type(error).__name__, more)
+        self._last_told, self._untold = now, 0
 
     # -- plumbing ----------------------------------------------------------
 
