@@ -109,3 +109,20 @@ def test_a_refused_connection_is_one_line_naming_the_server():
     port = free_tcp_port()  # nobody listens there
     with pytest.raises(TargetError, match=f"cannot connect to nats://127.0.0.1:{port}"):
         Publisher(f"nats://127.0.0.1:{port}/udp.in")
+
+
+def test_a_batch_larger_than_the_server_takes_goes_as_several_messages(jetstream):
+    jetstream.add_stream("UDP", ["udp.>"])
+    sent = [bytes([i]) * 30000 for i in range(48)]  # 1.4 MB: past the 1 MiB a message holds
+    with Reader("127.0.0.1:0", batch_size=64, max_size=30000, rcvbuf=8 << 20) as reader, \
+            Publisher(f"{jetstream.url}/udp.in") as out:
+        port = reader.address[1]
+        send(("127.0.0.1", port), sent)
+        batch = reader.receive_batch()
+        assert batch is not None and len(batch) == len(sent)
+        out.forward(batch, port)
+        assert out.flush(DEADLINE)
+        assert out.stats.retried == 0
+    messages = jetstream.messages("UDP")
+    assert len(messages) >= 2 and all(len(m) <= 1 << 20 for m in messages)
+    assert [p.data for m in messages for p in unpack(m).batch] == sent

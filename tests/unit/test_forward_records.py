@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from udp_reader._core import _batch_of, _dtype
-from udp_reader.forward.records import ENTRY, HEADER, pack, unpack
+from udp_reader.forward.records import ENTRY, HEADER, pack, spans, unpack
 
 
 def batch_of(payloads, *, family=socket.AF_INET, stamped=True, ip_fields=True, gap=7):
@@ -94,3 +94,17 @@ def test_a_damaged_or_foreign_message_is_refused_saying_why(damage, said):
     message = pack(batch_of([b"abc", b"de"]), 9)
     with pytest.raises(ValueError, match=said):
         unpack(damage(message))
+
+
+@pytest.mark.parametrize("limit", [16 + 56 + 300, 1000, 1 << 20, 10])
+def test_spans_pack_a_batch_in_order_into_messages_within_a_limit(limit):
+    payloads = [bytes([i]) * n for i, n in enumerate([300, 0, 5, 280, 1, 900, 40])]
+    batch = batch_of(payloads)
+    runs = list(spans(batch, limit))
+    assert [i for a, b in runs for i in range(a, b)] == list(range(len(payloads)))
+    messages = [pack(batch, 9, a, b) for a, b in runs]
+    # Within the limit, unless one datagram alone is larger.
+    assert all(len(m) <= limit or b - a == 1 for m, (a, b) in zip(messages, runs))
+    # As few messages as the limit allows: no two neighbours would fit in one.
+    assert all(len(m) + len(n) - 16 > limit for m, n in zip(messages, messages[1:]))
+    assert [p.data for m in messages for p in unpack(m).batch] == payloads

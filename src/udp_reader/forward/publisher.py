@@ -22,7 +22,7 @@ from typing import Optional
 from udp_reader import Batch
 from udp_reader.errors import describe
 from udp_reader.forward.ids import Ids
-from udp_reader.forward.records import pack
+from udp_reader.forward.records import pack, spans
 from udp_reader.forward.target import Target, TargetError
 
 log = logging.getLogger("udp_reader.forward")
@@ -90,9 +90,10 @@ class Publisher:
     # -- what callers use --------------------------------------------------
 
     def forward(self, batch: Batch, dst_port: int) -> None:
-        """Publish `batch` (received on `dst_port`) as one message."""
-        if len(batch):
-            self.publish(pack(batch, dst_port), len(batch))
+        """Publish `batch` (received on `dst_port`) as one message, or as
+        several when it is larger than the server takes in one."""
+        for start, stop in spans(batch, self._nc.max_payload):
+            self.publish(pack(batch, dst_port, start, stop), stop - start)
 
     def publish(self, message: bytes, datagrams: int = 0) -> None:
         """Send `message` with the next id; returns once it is in flight,

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import struct
 import time
-from typing import NamedTuple
+from typing import Iterator, NamedTuple, Optional, Tuple
 
 import numpy as np
 
@@ -61,10 +61,10 @@ class Unpacked(NamedTuple):
     dst_port: np.ndarray  # each one's destination port (a Batch knows only the address)
 
 
-def pack(batch: Batch, dst_port: int) -> bytes:
-    """One message holding every datagram of `batch`, which a socket bound
-    to `dst_port` received."""
-    records = batch.records
+def pack(batch: Batch, dst_port: int, start: int = 0, stop: Optional[int] = None) -> bytes:
+    """One message holding the datagrams start..stop (all by default) of
+    `batch`, which a socket bound to `dst_port` received."""
+    records = batch.records[start:stop]
     count = len(records)
     entries = np.zeros(count, dtype=ENTRY)
     for name in _SHARED:
@@ -84,6 +84,21 @@ def pack(batch: Batch, dst_port: int) -> bytes:
     head = HEADER.pack(MAGIC, VERSION, IP_FIELDS if ip_fields else 0, ENTRY.itemsize,
                        count, total)
     return b"".join((head, entries.tobytes(), payloads.tobytes()))
+
+
+def spans(batch: Batch, limit: int) -> Iterator[Tuple[int, int]]:
+    """(start, stop) of runs of `batch`'s datagrams, in order, each packed
+    into at most `limit` bytes (a server's largest message); a datagram
+    too large for any message alone goes alone."""
+    sizes = ENTRY.itemsize + batch.records["length"].astype(np.int64)
+    ends = np.cumsum(sizes)
+    start, packed = 0, 0  # packed: bytes of the datagrams before start
+    while start < len(sizes):
+        stop = int(np.searchsorted(ends, packed + limit - HEADER.size, side="right"))
+        stop = max(stop, start + 1)
+        yield start, stop
+        packed = int(ends[stop - 1])
+        start = stop
 
 
 def unpack(message: bytes) -> Unpacked:
