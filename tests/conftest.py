@@ -1,6 +1,7 @@
 """Helpers for tests that talk to real sockets on loopback. The tests sit in
 folders by what they prove: unit/ (no socket, no process), reader/, cli/,
-serve/, examples/; the handlers serve runs for them in handlers/."""
+serve/, examples/, forward/ (against a real nats-server, jetstream.py);
+the handlers serve runs for them in handlers/."""
 
 from __future__ import annotations
 

@@ -17,7 +17,7 @@ from udp_reader import Reader, __version__, multicast, sockets
 from udp_reader._constants import GSO_SEGMENTS
 from udp_reader.errors import describe
 from udp_reader.options import DEFAULT_BATCH, DEFAULT_RCVBUF, MAX_PAYLOAD
-from udp_reader.cli import serve_flags
+from udp_reader.cli import consume, serve_flags
 from udp_reader.cli.live import StatusLine
 from udp_reader.cli.reader_flags import add_reader_flags, reader_options
 
@@ -444,6 +444,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="interleaved rounds; medians are reported (default 5)")
     bench.add_argument("--json", action="store_true", help="print JSON")
     bench.set_defaults(func=cmd_bench)
+
+    consume.add_parser(sub)
 
     serve = serve_flags.add_parser(sub)
     serve.set_defaults(func=cmd_serve)

@@ -15,7 +15,8 @@ from udp_reader.serve.signals import SIGNALS
 
 EXAMPLES = """examples:
   udp-reader serve myapp.udp:handle --bind :9000 --workers 2
-  udp-reader serve myapp.udp:handle --bind :5000 --workers 2 --join 239.1.2.3@eth0"""
+  udp-reader serve myapp.udp:handle --bind :5000 --workers 2 --join 239.1.2.3@eth0
+  udp-reader serve --bind :2055 --workers 2 --forward nats://10.0.0.5:4222/udp.flows"""
 
 
 def signals_help(width: int = 79) -> str:
@@ -46,7 +47,7 @@ def _add(parser: argparse.ArgumentParser, o: Option) -> None:
     if o.shows_default:
         text += f" (default {o.default})"
     if o.flag is None:
-        parser.add_argument(o.name, metavar=o.metavar, help=text)
+        parser.add_argument(o.name, metavar=o.metavar, help=text, nargs="?")
         return
     kwargs: Dict[str, Any] = {"dest": o.name, "help": text}
     if o.type is bool:

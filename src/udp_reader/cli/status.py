@@ -135,6 +135,14 @@ def render(snapshot: dict, now: Optional[float] = None) -> str:
         f"{_count(totals.get('too_short', 0) + totals.get('too_long', 0))} filtered, "
         f"{_count(totals.get('handler_errors'))} handler error(s), "
         f"{_count(snapshot.get('kernel_drops', 0))} kernel drop(s)")
+    if "forward_forwarded" in totals:  # serve --forward
+        lines.append(
+            f"forwarded: {_count(totals['forward_forwarded'])} message(s), "
+            f"{_count(totals.get('forward_acknowledged'))} acknowledged "
+            f"({_count(totals.get('forward_datagrams'))} datagrams), "
+            f"{_count(totals.get('forward_retried'))} re-sent, "
+            f"{_count(totals.get('forward_duplicates'))} duplicate(s), "
+            f"{_count(totals.get('forward_in_flight'))} in flight")
     exits = ", ".join(f"{events[k]} {k[len('exits_'):].replace('_', ' ')}"
                       for k in sorted(events) if k.startswith("exits_") and events[k])
     lines.append(f"{_count(events.get('worker_starts', 0))} worker(s) started, "

@@ -168,12 +168,15 @@ cdef class Batch:
         return f"<Batch of {self._count} packets>"
 
 
-def _batch_of(records, frames):
+def _batch_of(records, frames, bint ip_fields=True,
+              str source="a watched packet"):
     """A Batch of packets that another source than a Reader's socket took
-    (the packet watcher): `records` laid out as Batch.records, one per
-    packet, whose offsets and lengths point into `frames`. The payloads are
-    copied into the batch's own arena, so both may be reused at once. Its
-    packets have TTL and TOS, and cannot answer: no socket received them."""
+    (the packet watcher, a forwarded message): `records` laid out as
+    Batch.records, one per packet, whose offsets and lengths point into
+    `frames`. The payloads are copied into the batch's own arena, so both
+    may be reused at once. Its packets have TTL and TOS when `ip_fields`,
+    and cannot answer (`source` names them in the error): no socket of
+    ours received them."""
     cdef Py_buffer rec, src
     cdef Py_ssize_t i, n
     cdef size_t total = 0, at = 0
@@ -205,9 +208,9 @@ def _batch_of(records, frames):
     finally:
         PyBuffer_Release(&rec)
     none = _ReplyPath()
-    none.closed = "a watched packet cannot answer: no socket of ours received it"
+    none.closed = f"{source} cannot answer: no socket of ours received it"
     slab.replies = none
-    slab.ip_fields = True
+    slab.ip_fields = ip_fields
     batch = Batch.__new__(Batch)
     batch._slab = slab
     batch._start = 0

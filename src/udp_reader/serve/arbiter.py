@@ -435,7 +435,8 @@ class Arbiter:
             self.selector.register(self.handoff_server.fileno(), selectors.EVENT_READ, "handoff")
         host, port = self.group.slots[0].listener.sock.getsockname()[:2]
         self.address = sockets.format_address(host, port)
-        log.info("serving %s on %s with %d worker(s)%s", self.config.handler, self.address,
+        what = self.config.handler or f"a forward to {self.config.forward}"
+        log.info("serving %s on %s with %d worker(s)%s", what, self.address,
                  len(self.group.slots), " on one shared socket" if self.group.shared else "")
         systemd.notify("READY=1", self._serving_line(), f"MAINPID={os.getpid()}")
         self._publish()

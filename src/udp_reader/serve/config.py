@@ -75,6 +75,19 @@ def _with_user(group: Optional[str], c: Any) -> Optional[str]:
     return None
 
 
+def _forward(url: Optional[str], c: Any) -> Optional[str]:
+    if url is None:
+        return None if c.handler else "give a handler, MODULE:CALLABLE, or --forward URL"
+    if c.handler:
+        return f"--forward publishes what the workers receive: give no handler ({c.handler})"
+    from udp_reader.forward.target import Target, TargetError
+    try:
+        Target.parse(url)
+    except TargetError as e:
+        return f"--forward: {e}"
+    return None
+
+
 def _address(address: Optional[str], _: Any) -> Optional[str]:
     if address is not None:
         try:
@@ -85,8 +98,8 @@ def _address(address: Optional[str], _: Any) -> Optional[str]:
 
 
 OPTIONS = (
-    Option("handler", None, "called with each Packet (or each Batch with --batches)",
-           metavar="MODULE:CALLABLE"),
+    Option("handler", None, "called with each Packet (or each Batch with --batches); "
+           "none with --forward", metavar="MODULE:CALLABLE"),
     Option("bind", "--bind", "address to serve; not needed under socket activation",
            metavar="ADDRESS"),
     Option("workers", "--workers", "worker processes", 1, int, "N",
@@ -97,6 +110,10 @@ OPTIONS = (
            "(239.1.2.3@eth0, '10.0.0.5>232.1.1.1@eth0' quoted, ff15::1@*); repeat for more. "
            "Implies --shared: each datagram is handled once", (), metavar="GROUP", many=True,
            parse=multicast.parse_all, check=_once_each),
+    Option("forward", "--forward", "no handler: publish each received batch as one message "
+           "to a NATS JetStream subject, done when the stream acknowledges it; a stream "
+           "capturing SUBJECT must exist (needs pip install \"udp-reader[forward]\")",
+           metavar="nats://HOST:PORT[,HOST:PORT...]/SUBJECT", check=_forward),
     Option("batches", "--batches", "call the handler once per received batch", False, bool),
     Option("grace", "--grace", "a draining socket is done once idle this long, seconds",
            0.05, float, "S", check=_must(lambda s: not s < 0,

@@ -12,6 +12,9 @@ worker says it is ready, and worker_stop(), called after its last packet,
 whichever way it leaves (restart, stop, removal, its master gone): the
 place to open and to flush a sink. A handler that keeps state hands it
 to the next worker with save_state() and restore_state() (keeper.py).
+With --forward there is no handler: the worker publishes each batch to a
+JetStream subject (forward/publisher.py) and, whichever way it leaves,
+waits for every acknowledgement before it reports released.
 TERM and INT are left to the master (Ctrl-C reaches the whole process
 group); QUIT makes the worker exit now; USR2 prints every thread's stack
 (faulthandler), which the master asks for before it kills a stuck worker.
@@ -25,6 +28,7 @@ import logging
 import os
 import select
 import signal
+import socket
 import sys
 import threading
 import time
@@ -138,6 +142,7 @@ class Worker:
         self._busy_since: Optional[float] = None
         self._last_delivered = -1
         self.keeper: Optional[Keeper] = None  # the handler's state, if it keeps one
+        self.forwarder: Any = None  # --forward: the Publisher in place of a handler
 
     def report(self, **message: Any) -> None:
         with self._status_lock:
@@ -164,7 +169,10 @@ class Worker:
 
     def stats(self) -> dict:
         assert self.reader is not None
-        return dict(self.reader.stats._asdict(), handler_errors=self.errors.count)
+        stats = dict(self.reader.stats._asdict(), handler_errors=self.errors.count)
+        if self.forwarder is not None:  # counted like the reader's, per slot
+            stats.update({f"forward_{name}": n for name, n in self.forwarder.stats.counts()})
+        return stats
 
     def obey(self, command: str) -> None:
         """Take a command: the first one wakes main(); a later one may only
@@ -216,11 +224,14 @@ class Worker:
             privileges.drop(privileges.Credentials(*orders.credentials))
         sys.path[:0] = bootstrap.handler_path()  # only now: it may be the worker account's
         try:
-            handler, start, stop = load_handler(orders.handler)
-            if not orders.batches:
-                handler = answering(handler)  # what it returns answers the packet
-            self.keeper = Keeper.for_module(sys.modules[orders.handler.partition(":")[0]],
-                                            orders.state_dir, _slot(), orders.checkpoint)
+            if orders.forward is not None:
+                handler, start, stop = self._forward(orders.forward), None, None
+            else:
+                handler, start, stop = load_handler(orders.handler or "")
+                if not orders.batches:
+                    handler = answering(handler)  # what it returns answers the packet
+                self.keeper = Keeper.for_module(sys.modules[orders.handler.partition(":")[0]],
+                                                orders.state_dir, _slot(), orders.checkpoint)
             if start is not None:
                 _hook(start)
             self.reader = Reader(fileno=orders.fd, **orders.reader)
@@ -249,6 +260,8 @@ class Worker:
             self.report(error=str(e), stats=self.stats())
             return protocol.EXIT_READER_FAILED
         self.errors.flush()
+        if self.forwarder is not None and self.command != protocol.QUIT:
+            self.forwarder.close()  # what it took is in the stream before it lets go
         if keeper is not None and self.command == protocol.RETIRE:
             keeper.hand_over()  # before released: the next worker reads it at its turn
         self.report(released=True)
@@ -261,6 +274,18 @@ class Worker:
             keeper.after_stop()
         self.report(stats=self.stats())
         return 0
+
+    def _forward(self, url: str) -> Callable[[Any], None]:
+        """The built-in handler of --forward: each batch one message."""
+        from udp_reader.forward import Publisher, TargetError
+
+        try:
+            self.forwarder = forwarder = Publisher(url, tag=f"slot{_slot()}")
+        except TargetError as e:  # no stream, a refused connection: told as the handler's
+            raise HandlerError(str(e)) from None
+        with socket.socket(fileno=os.dup(self.orders.fd)) as sock:
+            port = sock.getsockname()[1]
+        return lambda batch: forwarder.forward(batch, port)
 
     def _serve(self, handler: Callable[..., Any]) -> None:
         assert self.reader is not None
