@@ -32,6 +32,7 @@ import socket
 import sys
 import threading
 import time
+from types import ModuleType
 from typing import Any, Callable, Optional, Set, Tuple
 
 from udp_reader import Reader, ReceiveError, answering, sockets
@@ -47,10 +48,11 @@ class HandlerError(Exception):
     """The handler named on the command line cannot be loaded."""
 
 
-def load_handler(spec: str) -> Tuple[Callable[..., Any], Optional[Callable[[], Any]],
-                                     Optional[Callable[[], Any]]]:
-    """Import "package.module:attribute"; return the callable and the
-    module's optional lifecycle hooks, worker_start() and worker_stop()."""
+def load_handler(spec: str) -> Tuple[Callable[..., Any], ModuleType,
+                                     Optional[Callable[[], Any]], Optional[Callable[[], Any]]]:
+    """Import "package.module:attribute"; return the callable, its module
+    (where the state hooks are looked for: keeper.py) and the module's
+    optional lifecycle hooks, worker_start() and worker_stop()."""
     module_name, sep, attribute = spec.partition(":")
     if not sep or not module_name or not attribute:
         raise HandlerError(f"handler {spec!r} must look like MODULE:CALLABLE")
@@ -69,7 +71,7 @@ def load_handler(spec: str) -> Tuple[Callable[..., Any], Optional[Callable[[], A
     module = sys.modules[module_name]
     hooks = [getattr(module, name, None) for name in ("worker_start", "worker_stop")]
     start, stop = (hook if callable(hook) else None for hook in hooks)
-    return target, start, stop
+    return target, module, start, stop
 
 
 def _hook(hook: Callable[[], Any]) -> None:
@@ -227,11 +229,11 @@ class Worker:
             if orders.forward is not None:
                 handler, start, stop = self._forward(orders.forward), None, None
             else:
-                handler, start, stop = load_handler(orders.handler or "")
+                handler, module, start, stop = load_handler(orders.handler or "")
                 if not orders.batches:
                     handler = answering(handler)  # what it returns answers the packet
-                self.keeper = Keeper.for_module(sys.modules[orders.handler.partition(":")[0]],
-                                                orders.state_dir, _slot(), orders.checkpoint)
+                self.keeper = Keeper.for_module(module, orders.state_dir, _slot(),
+                                                orders.checkpoint)
             if start is not None:
                 _hook(start)
             self.reader = Reader(fileno=orders.fd, **orders.reader)
